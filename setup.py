@@ -1,0 +1,39 @@
+"""Install t5x_lite: `pip install -e .[test]` (the Makefile does this for you)."""
+import setuptools
+
+# Ranges below are the ones installed and tested together (Python 3.11, CPU).
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "array-record>=0.8.6,<0.9",
+    "grain>=0.2.18,<0.3",
+    "sentencepiece>=0.2.3,<0.3",
+    "chex>=0.1.92,<0.2",
+    "gin-config>=0.5.0,<0.6",
+    "numpy>=2.4,<3",
+    "tensorboardX>=2.6.5,<3",
+    "matplotlib>=3.11,<4",
+    "tqdm>=4.70,<5",
+]
+
+TEST_REQUIRES = [
+    "pytest>=9.2,<10",
+    "pytest-xdist>=3.8,<4",
+    "hypothesis>=6.170,<7",
+]
+
+setuptools.setup(
+    name="t5x_lite",
+    version="0.1.0",
+    description="A small, fast JAX/Flax codebase for pretraining, tuning and aligning text models.",
+    python_requires=">=3.11,<3.13",
+    packages=setuptools.find_packages(include=["t5x_lite", "t5x_lite.*"]),
+    package_data={"t5x_lite": ["gin_configs/**/*.gin"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:main"]},
+)

@@ -1,0 +1,206 @@
+"""Decoder-only Transformer language model (LLaMA-style by default, GPT-2 by configuration).
+
+Defaults follow LLaMA: pre-RMSNorm, rotary positions, SwiGLU MLP, no biases, untied output
+layer. GPT-2/3 is the same module with `norm_type='layernorm'`, `position_embedding='learned'`,
+`mlp_activations=('gelu',)`, `use_bias=True` and `tie_embeddings=True`.
+
+Inputs are T5X-style packed features: `decoder_input_tokens`, `decoder_segment_ids`
+(0 = padding, 1..n = packed examples) and `decoder_positions` (restart at 0 per example).
+`decoder_causal_attention` (optional, bool) marks the prefix of a prefix-LM, which attends
+bidirectionally to itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5x_lite.models import layers
+
+REMAT_POLICIES = {
+    "none": None,  # keep every activation (no rematerialisation)
+    "full": "full",  # keep nothing: recompute the whole block on the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Hyperparameters of a decoder-only LM; every field is a gin binding."""
+
+    vocab_size: int = 8320
+    embed_dim: int = 512
+    num_layers: int = 8
+    num_heads: int = 8
+    num_kv_heads: int | None = None  # None: plain multi-head attention
+    head_dim: int = 64
+    mlp_dim: int = 1536
+    mlp_activations: tuple[str, ...] = ("silu", "linear")
+    norm_type: str = "rmsnorm"
+    norm_epsilon: float = 1e-6
+    position_embedding: str = "rope"  # 'rope' | 'learned' | 'none'
+    rope_theta: float = 10_000.0
+    max_length: int = 2048  # size of the learned position table
+    tie_embeddings: bool = False
+    use_bias: bool = False
+    dropout_rate: float = 0.0
+    embedding_init_stddev: float = 1.0
+    dtype: str = "float32"  # activations
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if self.position_embedding not in ("rope", "learned", "none"):
+            raise ValueError(
+                f"position_embedding must be 'rope', 'learned' or 'none', got "
+                f"{self.position_embedding!r}"
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}"
+            )
+        for field in ("vocab_size", "embed_dim", "num_layers", "num_heads", "head_dim", "mlp_dim"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)  # raise early on a bad dtype name
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    config: DecoderConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, mask, positions):
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        x = layers.constrain(x, ("batch", "length", "embed"))
+        h = layers.norm(cfg.norm_type, cfg.norm_epsilon, dtype, param_dtype, "pre_attention_norm")(x)
+        h = layers.Attention(
+            num_heads=cfg.num_heads,
+            num_kv_heads=cfg.kv_heads,
+            head_dim=cfg.head_dim,
+            use_rope=cfg.position_embedding == "rope",
+            rope_theta=cfg.rope_theta,
+            use_bias=cfg.use_bias,
+            dropout_rate=cfg.dropout_rate,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            name="self_attention",
+        )(h, h, mask, query_positions=positions, key_positions=positions,
+          deterministic=self.deterministic)
+        x = x + h
+        h = layers.norm(cfg.norm_type, cfg.norm_epsilon, dtype, param_dtype, "pre_mlp_norm")(x)
+        h = layers.Mlp(
+            hidden_dim=cfg.mlp_dim,
+            activations=tuple(cfg.mlp_activations),
+            use_bias=cfg.use_bias,
+            dropout_rate=cfg.dropout_rate,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            name="mlp",
+        )(h, deterministic=self.deterministic)
+        x = layers.constrain(x + h, ("batch", "length", "embed"))
+        return x, None
+
+
+def stack_blocks(block_cls, config, num_layers: int, scan: bool, remat_policy: str, **kwargs):
+    """Returns a callable running `num_layers` blocks: scanned (one traced block) or unrolled."""
+    policy = REMAT_POLICIES[remat_policy]
+    if policy is not None:
+        block_cls = nn.remat(
+            block_cls,
+            policy=None if policy == "full" else policy,
+            prevent_cse=not scan,
+        )
+    if scan:
+        scanned = nn.scan(
+            block_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(config, name="layers", **kwargs)
+        return lambda x, *args: scanned(x, *args)[0]
+
+    blocks = [block_cls(config, name=f"layers_{i}", **kwargs) for i in range(num_layers)]
+
+    def run(x, *args):
+        for block in blocks:
+            x, _ = block(x, *args)
+        return x
+
+    return run
+
+
+class DecoderLM(nn.Module):
+    """Causal language model returning float32 logits [batch, length, vocab]."""
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        decoder_input_tokens: jax.Array,
+        decoder_segment_ids: jax.Array | None = None,
+        decoder_positions: jax.Array | None = None,
+        decoder_causal_attention: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        **unused_features: Any,
+    ) -> jax.Array:
+        cfg = self.config
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        batch, length = decoder_input_tokens.shape
+        if decoder_positions is None:
+            decoder_positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        mask = layers.attention_mask(
+            decoder_segment_ids,
+            decoder_segment_ids,
+            causal=True,
+            query_length=length,
+            key_length=length,
+            bidirectional_prefix=decoder_causal_attention,
+        )
+
+        embed = layers.token_embedder(
+            cfg.vocab_size, cfg.embed_dim, stddev=cfg.embedding_init_stddev,
+            dtype=dtype, param_dtype=param_dtype,
+        )
+        x = embed(decoder_input_tokens)
+        if cfg.position_embedding == "learned":
+            x = x + layers.token_embedder(
+                cfg.max_length, cfg.embed_dim, stddev=0.01, dtype=dtype,
+                param_dtype=param_dtype, name="position_embed",
+            )(decoder_positions)
+        x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        x = layers.constrain(x.astype(dtype), ("batch", "length", "embed"))
+
+        run_blocks = stack_blocks(
+            DecoderBlock, cfg, cfg.num_layers, cfg.scan_layers, cfg.remat_policy,
+            deterministic=deterministic,
+        )
+        x = run_blocks(x, mask, decoder_positions)
+
+        x = layers.norm(cfg.norm_type, cfg.norm_epsilon, dtype, param_dtype, "final_norm")(x)
+        x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = layers.dense(
+                cfg.vocab_size, ("embed", "vocab"), dtype=dtype, param_dtype=param_dtype,
+                name="lm_head",
+            )(x)
+        return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))

@@ -1,0 +1,307 @@
+"""Transformer building blocks shared by every architecture in t5x_lite.
+
+One attention, one MLP, one norm and one embedding implementation serve the decoder-only and
+the encoder-decoder models, so an ablation changes a flag, not a code path.
+
+Sharding: every parameter is created with *logical* axis names and every large activation is
+constrained on logical axes. Which mesh axis shards which logical axis is a rule table supplied
+by gin (see gin_configs/mesh/); this file never names a mesh axis.
+
+Logical axes used here:
+  params:       vocab, embed, mlp, heads, kv_heads, kv (the per-head dimension)
+  activations:  batch, length, embed, heads, kv, mlp, vocab
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Initializer = Callable[..., jax.Array]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "linear": lambda x: x,
+    "relu": nn.relu,
+    "gelu": lambda x: nn.gelu(x, approximate=True),  # T5 v1.1's "gelu_new" (tanh form)
+    "gelu_exact": lambda x: nn.gelu(x, approximate=False),
+    "silu": nn.silu,
+}
+
+# Fan-in scaled truncated normal: what T5X uses for its dense kernels.
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint on logical axes (a no-op outside a mesh / rules context)."""
+    return nn.with_logical_constraint(x, tuple(logical_axes))
+
+
+class DenseGeneral(nn.Module):
+    """Dense layer contracting `axis` of the input into `features`, with logical axis names.
+
+    The kernel is initialised as the equivalent 2-D matrix [prod(inputs), prod(features)] and
+    reshaped, so fan-in based initialisers see the true fan-in.
+    """
+
+    features: int | tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    axis: int | tuple[int, ...] = -1
+    use_bias: bool = False
+    kernel_init: Initializer = default_kernel_init
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+        axes = tuple(a % x.ndim for a in axes)
+        in_shape = tuple(x.shape[a] for a in axes)
+        shape = in_shape + features
+
+        def init(key, shape, dtype):
+            flat = (int(np.prod(in_shape)), int(np.prod(features)))
+            return self.kernel_init(key, flat, dtype).reshape(shape)
+
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(init, self.kernel_axes), shape, self.param_dtype
+        )
+        kernel = jnp.asarray(kernel, self.dtype)
+        out = jax.lax.dot_general(
+            x.astype(self.dtype), kernel, ((axes, tuple(range(len(axes)))), ((), ()))
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), self.kernel_axes[len(axes):]),
+                features,
+                self.param_dtype,
+            )
+            out = out + jnp.asarray(bias, self.dtype)
+        return out
+
+
+def dense(
+    features: int | tuple[int, ...],
+    kernel_axes: tuple[str, ...],
+    *,
+    axis: int | tuple[int, ...] = -1,
+    use_bias: bool = False,
+    kernel_init: Initializer = default_kernel_init,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    name: str | None = None,
+) -> DenseGeneral:
+    return DenseGeneral(
+        features=features, kernel_axes=kernel_axes, axis=axis, use_bias=use_bias,
+        kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, name=name,
+    )
+
+
+def norm(
+    kind: str, epsilon: float, dtype=jnp.float32, param_dtype=jnp.float32, name: str | None = None
+) -> nn.Module:
+    """RMSNorm (T5, LLaMA) or LayerNorm (GPT-2); statistics are computed in float32."""
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+    if kind == "rmsnorm":
+        return nn.RMSNorm(
+            epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name
+        )
+    if kind == "layernorm":
+        return nn.LayerNorm(
+            epsilon=epsilon,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            scale_init=scale_init,
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+            name=name,
+        )
+    raise ValueError(f"norm_type must be 'rmsnorm' or 'layernorm', got {kind!r}")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021), in the "rotate half" layout of LLaMA.
+
+    x: [batch, length, heads, head_dim]; positions: [batch, length] (restart at 0 per packed
+    segment, so packed examples see the same rotations as when alone).
+    """
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, d/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [b, l, 1, d]
+    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return (x * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def attention_mask(
+    query_segment_ids: jax.Array | None,
+    key_segment_ids: jax.Array | None,
+    *,
+    causal: bool,
+    query_length: int,
+    key_length: int,
+    bidirectional_prefix: jax.Array | None = None,
+) -> jax.Array | None:
+    """Boolean mask [batch, 1, q, k]: True where a query may attend to a key.
+
+    Packed examples never see each other (segment ids must match, padding has segment 0 and
+    sees only padding). `bidirectional_prefix` ([batch, k] bool) lets positions inside the
+    prefix of a prefix-LM attend to each other in both directions.
+    """
+    mask = None
+    if query_segment_ids is not None and key_segment_ids is not None:
+        mask = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    if causal:
+        causal_mask = jnp.arange(query_length)[:, None] >= jnp.arange(key_length)[None, :]
+        causal_mask = causal_mask[None]
+        if bidirectional_prefix is not None:
+            both_in_prefix = bidirectional_prefix[:, :, None] & bidirectional_prefix[:, None, :]
+            causal_mask = causal_mask | both_in_prefix
+        mask = causal_mask if mask is None else mask & causal_mask
+    return None if mask is None else mask[:, None, :, :]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with optional grouped-query heads (num_kv_heads < num_heads).
+
+    T5 does not scale the logits by 1/sqrt(head_dim) (its query initialisation carries the
+    factor): set `scale_logits=False` for that. `bias` is an additive [b|1, heads, q, k] term
+    (T5's relative position bias).
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    use_rope: bool = True
+    rope_theta: float = 10_000.0
+    scale_logits: bool = True
+    use_bias: bool = False
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = default_kernel_init
+    query_init: Initializer | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        query_positions: jax.Array | None = None,
+        key_positions: jax.Array | None = None,
+        bias: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        query = dense(
+            (self.num_heads, self.head_dim),
+            ("embed", "heads", "kv"),
+            kernel_init=self.query_init or self.kernel_init,
+            name="query",
+            **common,
+        )(inputs_q)
+        key = dense(
+            (self.num_kv_heads, self.head_dim),
+            ("embed", "kv_heads", "kv"),
+            kernel_init=self.kernel_init,
+            name="key",
+            **common,
+        )(inputs_kv)
+        value = dense(
+            (self.num_kv_heads, self.head_dim),
+            ("embed", "kv_heads", "kv"),
+            kernel_init=self.kernel_init,
+            name="value",
+            **common,
+        )(inputs_kv)
+        if self.use_rope:
+            query = apply_rope(query, query_positions, self.rope_theta)
+            key = apply_rope(key, key_positions, self.rope_theta)
+        query = constrain(query, ("batch", "length", "heads", "kv"))
+        key = constrain(key, ("batch", "length", "heads", "kv"))
+        value = constrain(value, ("batch", "length", "heads", "kv"))
+        if bias is not None:
+            bias = bias.astype(self.dtype)
+        out = jax.nn.dot_product_attention(
+            query,
+            key,
+            value,
+            bias=bias,
+            mask=mask,
+            scale=None if self.scale_logits else 1.0,
+        )
+        out = constrain(out, ("batch", "length", "heads", "kv"))
+        out = dense(
+            inputs_q.shape[-1],
+            ("heads", "kv", "embed"),
+            axis=(-2, -1),
+            kernel_init=self.kernel_init,
+            name="out",
+            **common,
+        )(out)
+        return nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(out, deterministic=deterministic)
+
+
+class Mlp(nn.Module):
+    """Feed-forward block; two activations make it gated (SwiGLU: ('silu', 'linear'))."""
+
+    hidden_dim: int
+    activations: tuple[str, ...] = ("silu", "linear")
+    use_bias: bool = False
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        common = dict(
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+        )
+        hidden = None
+        for index, activation in enumerate(self.activations):
+            name = "wi" if len(self.activations) == 1 else f"wi_{index}"
+            branch = ACTIVATIONS[activation](
+                dense(self.hidden_dim, ("embed", "mlp"), name=name, **common)(x)
+            )
+            hidden = branch if hidden is None else hidden * branch
+        hidden = constrain(hidden, ("batch", "length", "mlp"))
+        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+            hidden, deterministic=deterministic
+        )
+        return dense(x.shape[-1], ("mlp", "embed"), name="wo", **common)(hidden)
+
+
+def token_embedder(
+    vocab_size: int,
+    embed_dim: int,
+    *,
+    stddev: float = 1.0,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    name: str = "token_embed",
+) -> nn.Embed:
+    """Token embedding table [vocab, embed]; `.attend` gives tied output logits."""
+    return nn.Embed(
+        num_embeddings=vocab_size,
+        features=embed_dim,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=stddev), ("vocab", "embed")
+        ),
+        name=name,
+    )

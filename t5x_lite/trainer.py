@@ -1,0 +1,246 @@
+"""Train state and the jitted train / eval steps, sharded over a device mesh.
+
+The state is created already sharded (`jax.jit` with `out_shardings`, never whole on one
+device first). A train step is one jit with explicit input and output shardings that donates
+the old state. Batches are T5X-style feature dicts: the model's inputs plus
+`decoder_target_tokens` and `decoder_loss_weights`.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from t5x_lite import losses, partitioning
+
+Batch = Mapping[str, jax.Array]
+TARGET_FEATURES = ("decoder_target_tokens", "decoder_loss_weights")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data: checkpoints hold plain arrays
+
+
+def model_inputs(batch: Batch) -> dict[str, jax.Array]:
+    """The features the model consumes: everything except the targets and their weights."""
+    return {k: v for k, v in batch.items() if k not in TARGET_FEATURES}
+
+
+class Trainer:
+    """Builds the sharded train state and the compiled train and eval steps for one model."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: optax.GradientTransformation,
+        learning_rate: Callable[[jax.Array], jax.Array],
+        mesh: Mesh,
+        logical_axis_rules: partitioning.LogicalRules,
+        *,
+        batch_shapes: Mapping[str, tuple[tuple[int, ...], Any]],
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        num_microbatches: int = 1,
+    ):
+        self.module = module
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.mesh = mesh
+        self.rules = tuple(tuple(r) for r in logical_axis_rules)
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.num_microbatches = num_microbatches
+        batch_size = next(iter(batch_shapes.values()))[0][0]
+        if batch_size % num_microbatches:
+            raise ValueError(
+                f"batch size {batch_size} is not a multiple of num_microbatches={num_microbatches}"
+            )
+        self.abstract_batch = {
+            k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in batch_shapes.items()
+        }
+        self.batch_sharding = partitioning.batch_sharding(mesh, self.rules)
+        self._init_shapes()
+        self._train_step = jax.jit(
+            self._train_step_impl,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, partitioning.replicated(mesh)),
+            donate_argnums=0,
+        )
+        self._eval_step = jax.jit(
+            self._eval_step_impl,
+            in_shardings=(self.state_shardings.params, self.batch_sharding),
+            out_shardings=partitioning.replicated(mesh),
+        )
+
+    # ----------------------------------------------------------------------- state
+    def _init_params_boxed(self, rng):
+        init_batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in self.abstract_batch.items()}
+        return self.module.init(rng, **model_inputs(init_batch))["params"]
+
+    def _init_shapes(self):
+        with self._context():
+            boxed = jax.eval_shape(self._init_params_boxed, jax.random.key(0))
+        params_shardings = partitioning.param_shardings(boxed, self.mesh, self.rules)
+        self.abstract_params = nn.unbox(boxed)
+        abstract_opt_state = jax.eval_shape(self.optimizer.init, self.abstract_params)
+        repl = partitioning.replicated(self.mesh)
+        self.state_shardings = TrainState(
+            step=repl,
+            params=params_shardings,
+            opt_state=partitioning.optimizer_state_shardings(
+                self.optimizer, abstract_opt_state, self.abstract_params, params_shardings,
+                self.mesh,
+            ),
+            rng=repl,
+        )
+        self.abstract_state = TrainState(
+            step=jax.ShapeDtypeStruct((), jnp.int32),
+            params=self.abstract_params,
+            opt_state=abstract_opt_state,
+            rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+        )
+
+    def abstract_state_with_shardings(self) -> TrainState:
+        """ShapeDtypeStructs carrying target shardings: what a checkpoint is restored into."""
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.abstract_state,
+            self.state_shardings,
+        )
+
+    def create_state(self, seed: int) -> TrainState:
+        def init(seed):
+            init_rng, dropout_rng = jax.random.split(jax.random.key(seed))
+            params = nn.unbox(self._init_params_boxed(init_rng))
+            return TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                opt_state=self.optimizer.init(params),
+                rng=jax.random.key_data(dropout_rng),
+            )
+
+        with self._context():
+            return jax.jit(init, out_shardings=self.state_shardings)(seed)
+
+    def _context(self):
+        return mesh_and_rules(self.mesh, self.rules)
+
+    # ----------------------------------------------------------------------- steps
+    def _loss_sums(self, params, batch, dropout_rng):
+        """Summed loss over target tokens, plus summed metrics (normalised by the caller)."""
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        logits = self.module.apply(
+            {"params": params}, **model_inputs(batch), deterministic=dropout_rng is None, rngs=rngs
+        )
+        targets = batch["decoder_target_tokens"]
+        weights = batch["decoder_loss_weights"].astype(jnp.float32)
+        token_loss, z_term = losses.cross_entropy_with_logits(
+            logits, targets, label_smoothing=self.label_smoothing, z_loss=self.z_loss
+        )
+        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        sums = {
+            "loss": jnp.sum(token_loss * weights),
+            "z_loss": jnp.sum(z_term * weights),
+            "correct": jnp.sum(correct * weights),
+            "tokens": jnp.sum(weights),
+        }
+        return sums["loss"], sums
+
+    def _train_step_impl(self, state: TrainState, batch: Batch):
+        dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        grad_fn = jax.grad(self._loss_sums, has_aux=True)
+
+        if self.num_microbatches == 1:
+            grads, sums = grad_fn(state.params, batch, dropout_rng)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape((self.num_microbatches, -1) + x.shape[1:]), batch
+            )
+
+            def accumulate(carry, inputs):
+                index, microbatch = inputs
+                grads, sums = grad_fn(state.params, microbatch, jax.random.fold_in(dropout_rng, index))
+                return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, (state.params, self._zero_sums()))
+            (grads, sums), _ = jax.lax.scan(
+                accumulate, zeros, (jnp.arange(self.num_microbatches), micro)
+            )
+
+        # Normalise by the number of target tokens in the whole (global) batch.
+        denominator = jnp.maximum(sums["tokens"], 1.0)
+        grads = jax.tree.map(lambda g: g / denominator, grads)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = _normalise(sums)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = jnp.asarray(self.learning_rate(state.step), jnp.float32)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    @staticmethod
+    def _zero_sums():
+        return {k: jnp.zeros((), jnp.float32) for k in ("loss", "z_loss", "correct", "tokens")}
+
+    def _eval_step_impl(self, params, batch):
+        _, sums = self._loss_sums(params, batch, None)
+        return sums
+
+    def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        with self._context():
+            return self._train_step(state, batch)
+
+    def eval_step(self, params, batch: Batch) -> dict:
+        """Summed (not averaged) loss/correct/tokens, so callers can pool several batches."""
+        with self._context():
+            return self._eval_step(params, batch)
+
+    def logits(self, params, batch: Batch) -> jax.Array:
+        with self._context():
+            return _jit_apply(self.module)(params, model_inputs(batch))
+
+
+def _normalise(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    tokens = jnp.maximum(sums["tokens"], 1.0)
+    return {
+        "loss": sums["loss"] / tokens,
+        "z_loss": sums["z_loss"] / tokens,
+        "accuracy": sums["correct"] / tokens,
+        "target_tokens": sums["tokens"],
+    }
+
+
+def summarize_eval(sums: Mapping[str, float]) -> dict[str, float]:
+    """Pooled eval sums → loss, perplexity (of the cross entropy without z-loss), accuracy."""
+    tokens = max(float(sums["tokens"]), 1.0)
+    cross_entropy = (float(sums["loss"]) - float(sums["z_loss"])) / tokens
+    return {
+        "loss": float(sums["loss"]) / tokens,
+        "perplexity": float(np.exp(cross_entropy)),
+        "accuracy": float(sums["correct"]) / tokens,
+        "target_tokens": tokens,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_apply(module):
+    return jax.jit(lambda params, inputs: module.apply({"params": params}, **inputs))
+
+
+@contextlib.contextmanager
+def mesh_and_rules(mesh: Mesh, rules: partitioning.LogicalRules):
+    """The mesh and logical-axis rules that activation constraints resolve against."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
