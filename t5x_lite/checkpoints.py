@@ -1,0 +1,68 @@
+"""Checkpoints: an orbax CheckpointManager holding the train state and the data iterator.
+
+Each step directory has two items: `state` (params, optimizer state, step, RNG; restored
+straight into the target shardings, so a checkpoint written on one mesh loads on another)
+and `data` (the grain iterator state of every process). Saves are asynchronous. Orbax only
+publishes a step once it is complete; a published step that nevertheless fails to restore
+(damaged files) is reported and the next older step is used instead.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, save_every: int, keep: int | None = 3,
+                 async_save: bool = True):
+        self.manager = ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(
+                save_interval_steps=save_every,
+                max_to_keep=keep,
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+        )
+
+    def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore_latest(self, abstract_state: Any, data_iterator=None) -> tuple[int, Any] | None:
+        """Restores the newest readable step into `abstract_state`'s shardings.
+
+        Returns (step, state), or None when the directory holds no usable checkpoint. The data
+        iterator, if given, is restored in place.
+        """
+        for step in reversed(self.steps()):
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            if data_iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            except Exception as error:  # damaged or incompatible: fall back to an older one
+                logger.warning(
+                    "checkpoint at step %d could not be restored (%s: %s); trying an older one",
+                    step, type(error).__name__, str(error).splitlines()[0][:200],
+                )
+                continue
+            return step, restored["state"]
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

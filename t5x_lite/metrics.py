@@ -1,0 +1,188 @@
+"""Training metrics: FLOP accounting and MFU, and the writers (JSONL, TensorBoard, plot).
+
+MFU = model FLOPs per step / (step time × peak FLOP/s of all devices).
+
+Model FLOPs per step (PaLM, Chowdhery et al. 2022, appendix B; as MaxText reports it):
+    6 · N · tokens                      dense matmuls, forward (2·N) + backward (4·N)
+  + 12 · L · H · Q · T · tokens         attention scores and weighted sums, forward + backward
+where N counts the parameters used in matmuls (everything but the input embedding lookup and
+the position table; a tied output projection still counts), L layers, H heads, Q head dim,
+T sequence length (full T×T attention, as PaLM counts it; the causal half is not subtracted).
+Rematerialisation adds hardware FLOPs, not model FLOPs: MFU does not reward recomputation.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per chip from vendor data sheets.
+KNOWN_PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+}
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def matmul_params(params: Any) -> int:
+    """Parameters that take part in matmuls: all but the embedding lookup tables (a tied
+    embedding also serves as the output projection, so it counts then)."""
+    total = count_params(params)
+    position = params.get("position_embed")
+    if position is not None:
+        total -= count_params(position)
+    return total
+
+
+def flops_per_step(
+    params: Any, *, tied_embeddings: bool, num_layers: int, num_heads: int, head_dim: int,
+    sequence_length: int, tokens_per_step: int,
+) -> float:
+    """Training FLOPs of one step per the formula in the module docstring."""
+    n = matmul_params(params)
+    if not tied_embeddings and "token_embed" in params:
+        n -= count_params(params["token_embed"])
+    attention = 12 * num_layers * num_heads * head_dim * sequence_length
+    return float((6 * n + attention) * tokens_per_step)
+
+
+def measure_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """What a large float32 matmul reaches on this machine (one device, all its threads)."""
+    device = jax.devices()[0]
+    a = jax.device_put(jnp.ones((size, size), jnp.float32), device)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def peak_flops_total(peak_flops_per_device: float | None = None) -> tuple[float, str]:
+    """Peak FLOP/s of all devices together, and where the figure came from.
+
+    On CPU, every fake device shares the same cores, so the machine peak is measured once
+    and not multiplied by the device count.
+    """
+    devices = jax.devices()
+    if peak_flops_per_device:
+        return peak_flops_per_device * len(devices), "gin"
+    if devices[0].platform == "cpu":
+        return measure_cpu_peak_flops(), "measured f32 matmul"
+    kind = devices[0].device_kind
+    if kind in KNOWN_PEAK_FLOPS:
+        return KNOWN_PEAK_FLOPS[kind] * len(devices), f"data sheet ({kind})"
+    return math.nan, f"unknown device kind {kind!r}: set PEAK_FLOPS_PER_DEVICE"
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, model_dir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(model_dir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            os.makedirs(model_dir, exist_ok=True)
+            from tensorboardX import SummaryWriter  # heavy import only on the writing host
+
+            self._tb = SummaryWriter(os.path.join(model_dir, "tensorboard"))
+
+    def write(self, step: int, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step)}
+        record.update({k: _plain(v) for k, v in values.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(value):
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        value = np.asarray(value).item()
+    return value
+
+
+def read_metrics(model_dir: str) -> list[dict]:
+    path = os.path.join(model_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_losses(model_dir: str, filename: str = "loss.png") -> str | None:
+    """Train and validation loss against step, written atomically next to the metrics."""
+    records = read_metrics(model_dir)
+    train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+    valid = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
+    if not train and not valid:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1.2)
+    if valid:
+        ax.plot(*zip(*valid), "o-", label="validation loss", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross entropy (nats/token)")
+    ax.set_title(os.path.basename(os.path.normpath(model_dir)))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(model_dir, filename)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def parameter_counts(model, sequence_length: int = 8) -> dict[str, int]:
+    """Parameters per top-level module and in total, from shapes alone (`jax.eval_shape`):
+    no memory is allocated, so a 175B-parameter config is counted in seconds."""
+    import inspect
+
+    tokens = jax.ShapeDtypeStruct((1, sequence_length), jnp.int32)
+    accepted = inspect.signature(type(model).__call__).parameters
+    inputs = {name: tokens for name in ("encoder_input_tokens", "decoder_input_tokens")
+              if name in accepted}
+
+    def init(inputs):
+        return model.init(jax.random.key(0), **inputs)["params"]
+
+    params = jax.eval_shape(init, inputs)
+    counts = {name: count_params(subtree) for name, subtree in params.items()}
+    counts["total"] = sum(counts.values())
+    return counts
