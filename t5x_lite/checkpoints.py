@@ -4,7 +4,8 @@ Each step directory has two items: `state` (params, optimizer state, step, RNG; 
 straight into the target shardings, so a checkpoint written on one mesh loads on another)
 and `data` (the grain iterator state of every process). Saves are asynchronous. Orbax only
 publishes a step once it is complete; a published step that nevertheless fails to restore
-(damaged files) is reported and the next older step is used instead.
+(damaged files) is reported, renamed to `<step>.unreadable`, and the next older step is
+used instead.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Checkpointer:
         Returns (step, state), or None when the directory holds no usable checkpoint. The data
         iterator, if given, is restored in place.
         """
+        unreadable = []
         for step in reversed(self.steps()):
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iterator is not None:
@@ -56,9 +58,26 @@ class Checkpointer:
                     "checkpoint at step %d could not be restored (%s: %s); trying an older one",
                     step, type(error).__name__, str(error).splitlines()[0][:200],
                 )
+                unreadable.append(step)
                 continue
+            self._set_aside(unreadable)
             return step, restored["state"]
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames unreadable newer steps to `<step>.unreadable` (kept for inspection) so the
+        saves that follow can reuse their step numbers."""
+        if not steps:
+            return
+        directory = self.manager.directory
+        for step in steps:
+            target = directory / f"{step}.unreadable"
+            suffix = 1
+            while target.exists():
+                target = directory / f"{step}.unreadable{suffix}"
+                suffix += 1
+            (directory / str(step)).rename(target)
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

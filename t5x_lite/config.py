@@ -8,16 +8,24 @@ the binding and the file (and line) it came from; main.py prints it and exits wi
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
+import logging
 import os
 import re
-from typing import Callable, Sequence
+import tokenize
+from typing import Callable, Iterator, Sequence
 
 import gin
 
 PACKAGE_GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin_configs")
 _CALL_MARKER = re.compile(r"\s*In call to configurable '([\w.]+)'.*", re.S)
+_SEARCH_PATHS_ADDED: set[str] = set()  # gin keeps its search paths for the whole process
+
+
+# gin logs an ERROR on the root logger for each search path an include is *not* in.
+logging.getLogger().addFilter(lambda record: record.msg != "Path not found: %s")
 
 
 class ConfigError(Exception):
@@ -41,12 +49,16 @@ class GinConfig:
         self.sources: list[Source] = []
         gin.clear_config(clear_constants=True)
         for path in self.search_paths:
-            gin.add_config_file_search_path(path)
+            if path not in _SEARCH_PATHS_ADDED:
+                gin.add_config_file_search_path(path)
+                _SEARCH_PATHS_ADDED.add(path)
         for gin_file in gin_files:
             path = self.find(gin_file)
             self._parse(Source(path, _read(path)), lambda p=path: gin.parse_config_file(p))
         for binding in bindings:
-            source = Source(f"--gin.{binding}", binding)
+            # main.py passes `NAME = VALUE`; shown as the flag it came from.
+            name = "--gin." + re.sub(r"\s*=\s*", "=", binding, count=1)
+            source = Source(name if "\n" not in binding else "<built-in bindings>", binding)
             self._parse(source, lambda b=binding: gin.parse_config(b))
         try:
             gin.finalize()
@@ -86,86 +98,103 @@ class GinConfig:
 
     # ------------------------------------------------------------------ errors
     def explain(self, error: BaseException, default_source: Source | None = None) -> ConfigError:
-        """One line: `<file>:<line>: <binding>: <problem>`."""
+        """One line: `<file>:<line>: <binding>: <problem>` (or `--gin.NAME=VALUE: ...`)."""
+        if isinstance(error, (SyntaxError, tokenize.TokenError)):
+            return self._explain_syntax(error, default_source)
         message = str(error)
         configurable = None
         call = _CALL_MARKER.search(message)
         if call:
             configurable = call.group(1)
             message = message[: call.start()]
-        where = re.search(r'In (?:file|bindings string) "?([^",\n]+)"?, line (\d+)', message)
         first_line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+        missing = re.match(r"Unable to open file: (.+?)\. Searched config paths", first_line)
+        if missing:
+            first_line = f"included gin file {missing.group(1)!r} not found"
+        where = re.search(r'In (?:file|bindings string) "?([^",\n]+)"?, line (\d+)', message)
         if where:
-            location = f"{self._pretty(where.group(1))}:{where.group(2)}"
-            return ConfigError(f"{location}: {first_line}")
+            return ConfigError(f"{self._pretty(where.group(1))}:{where.group(2)}: {first_line}")
 
         macro = re.search(r"'(\w+)/gin\.macro'|^(\w+)/macro\.value", message)
         if macro:
             name = macro.group(1) or macro.group(2)
             if "REQUIRED" in message:
-                where = self.locate(r"^\s*" + name + r"\s*=")
-                return ConfigError(f"{where}: macro {name} is required: set it with --gin.{name}=...")
-            where = self.locate("%" + name + r"\b")
+                where = self._last_binding(lambda key, value: key == name)
+                return ConfigError(f"{where}: macro {name} is required: "
+                                   f"set it with --gin.{name}=...")
+            where = self._last_binding(lambda key, value: re.search(rf"%{name}\b", value))
             return ConfigError(f"{where}: macro %{name} is never defined")
 
         required = re.search(r"Required bindings for `(\w+)` not provided in config: \[(.*)\]",
                              message)
         if required:
             params = [p.strip(" '") for p in required.group(2).split(",")]
-            return ConfigError(f"required binding(s) {', '.join(f'{required.group(1)}.{p}' for p in params)} "
-                               "not set in any gin file or --gin flag")
+            names = ", ".join(f"{required.group(1)}.{p}" for p in params)
+            return ConfigError(f"required binding(s) {names} not set in any gin file or --gin flag")
 
         if configurable:
-            parameter = re.match(r"\s*(\w+)\b", first_line)
-            if parameter:
-                location = self.locate_binding(configurable, parameter.group(1))
-                if location:
-                    return ConfigError(f"{location}: {configurable}.{parameter.group(1)}: "
-                                       f"{first_line}")
-            return ConfigError(f"in {configurable}: {first_line}")
-
+            return self.explain_parameter(configurable, first_line)
         if default_source is not None:
-            return ConfigError(f"{self._pretty(default_source.name)}: {type(error).__name__}: "
-                               f"{first_line}")
+            return ConfigError(f"{self._pretty(default_source.name)}: {first_line}")
         return ConfigError(first_line)
 
-    def locate(self, pattern: str) -> str:
-        """`file:line` of the last line matching `pattern` (the binding that won)."""
-        found = "<config>"
-        for source in self.sources:
-            for number, line in enumerate(source.text.splitlines(), 1):
-                if re.search(pattern, line):
-                    found = (source.name if source.name.startswith("--gin.")
-                             else f"{self._pretty(source.name)}:{number}")
-        return found
-
-    def locate_binding(self, configurable: str, parameter: str) -> str | None:
-        """Where `configurable.parameter` was set, following a `%MACRO` value to its source."""
+    def explain_parameter(self, configurable: str, problem: str) -> ConfigError:
+        """For a problem that starts with the parameter's name: where it (or its macro) was set."""
+        parameter = re.match(r"\s*(?:\w+\.)?(\w+)", problem)
         short = configurable.split(".")[-1]
-        pattern = rf"(^|[\s.]){re.escape(short)}\.{re.escape(parameter)}\s*="
-        location = self.locate(pattern)
-        if location == "<config>":
-            return None
-        value = self._value_at(pattern)
-        macro = re.match(r"\s*%(\w+)", value or "")
-        if macro:
-            return self.locate(r"^\s*" + macro.group(1) + r"\s*=")
-        return location
+        found = parameter and self._find_binding(
+            lambda key, value: key.split("/")[-1].split(".")[-2:] == [short, parameter.group(1)])
+        if found is None:
+            return ConfigError(f"in {configurable}: {problem}")
+        key, value, where = found
+        macro = re.fullmatch(r"%(\w+)", value)
+        if macro:  # report where the macro got its value: that is what to edit
+            where = self._last_binding(lambda k, v: k == macro.group(1))
+            key = f"{macro.group(1)} (as {key})"
+        return ConfigError(f"{where}: {key}: {problem}")
 
-    def _value_at(self, pattern: str) -> str | None:
-        value = None
+    def _explain_syntax(self, error, default_source: Source | None) -> ConfigError:
+        if isinstance(error, SyntaxError):
+            lines = [line.strip() for line in str(error.msg).splitlines() if line.strip()]
+            problem, line = lines[-1], error.lineno
+            name = error.filename or (default_source.name if default_source else "<config>")
+        else:  # tokenize.TokenError: ('EOF in multi-line statement', (line, column))
+            problem, line = error.args[0], error.args[1][0]
+            name = default_source.name if default_source else "<config>"
+        if name.startswith("--gin."):
+            unquoted = re.search("parse (token|value)", problem)
+            hint = " (quote strings: --gin.NAME=\"'text'\")" if unquoted else ""
+            return ConfigError(f"{name}: cannot parse: {problem}{hint}")
+        return ConfigError(f"{self._pretty(name)}:{line}: cannot parse: {problem}")
+
+    def _bindings(self) -> Iterator[tuple[str, str, str]]:
+        """(key, value, where) for each `key = value` line of the sources in parse order, with
+        `configurable:` blocks expanded; the last one for a key is the one that won."""
         for source in self.sources:
-            for line in source.text.splitlines():
-                if re.search(pattern, line):
-                    value = line.split("=", 1)[1]
-        return value
+            block = None
+            for number, line in enumerate(source.text.splitlines(), 1):
+                header = re.match(r"([\w./]+)\s*:\s*(#.*)?$", line)
+                binding = re.match(r"(\s*)([\w./]+)\s*=(.*)", line)
+                if header:
+                    block = header.group(1)
+                elif binding:
+                    indented = bool(binding.group(1)) and block is not None
+                    key = f"{block}.{binding.group(2)}" if indented else binding.group(2)
+                    block = block if indented else None
+                    where = (source.name if source.name.startswith(("--gin.", "<"))
+                             else f"{self._pretty(source.name)}:{number}")
+                    yield key, binding.group(3).split("#")[0].strip(), where
+
+    def _find_binding(self, matches: Callable[[str, str], object]):
+        """The last (key, value, where) that `matches(key, value)`: the binding that won."""
+        return ([None] + [found for found in self._bindings() if matches(*found[:2])])[-1]
+
+    def _last_binding(self, matches: Callable[[str, str], object]) -> str:
+        return (self._find_binding(matches) or (None, None, "<config>"))[2]
 
     @staticmethod
     def _pretty(path: str) -> str:
-        try:
-            relative = os.path.relpath(path)
-        except ValueError:
-            return path
+        relative = os.path.relpath(path)  # short under the working directory, else absolute
         return path if relative.startswith("..") else relative
 
 
@@ -184,6 +213,24 @@ def call(config: GinConfig, fn: Callable, **kwargs):
         if _is_config_error(error, fn):
             raise explained from error
         raise
+
+
+def check_arguments(config: GinConfig, fn: Callable, check: Callable[..., None]) -> None:
+    """Calls `check` with the arguments of `fn` it names, as gin binds them (macros resolved)
+    or as `fn`'s defaults. gin evaluates every `@ref()` argument (a vocabulary to train, say)
+    before `fn`'s body runs, so this is how plain values are validated before the slow part."""
+    bindings = gin.get_bindings(fn, resolve_references=False)
+    defaults = inspect.signature(fn).parameters
+    values = {}
+    for name in inspect.signature(check).parameters:
+        if name in bindings:
+            values[name] = copy.deepcopy(bindings[name])  # resolves a %MACRO to its value
+        elif defaults[name].default is not inspect.Parameter.empty:
+            values[name] = defaults[name].default
+    try:
+        check(**values)
+    except ValueError as error:
+        raise config.explain_parameter(fn.__name__, str(error)) from error
 
 
 def _is_config_error(error: BaseException, fn: Callable) -> bool:

@@ -108,6 +108,8 @@ def _train(gin_config) -> int:
     model_dir = config_lib.macro_value("MODEL_DIR")
     if isinstance(model_dir, str):
         config_lib.write_operative_config(model_dir, "config.gin")  # the full config, up front
+    # gin builds the vocabulary (minutes on first use) before `train` runs: check first.
+    config_lib.check_arguments(gin_config, train_loop.train, train_loop.check_arguments)
     try:
         config_lib.call(gin_config, train_loop.train)
     finally:

@@ -7,6 +7,7 @@ axes only; `logical_axis_rules` (a gin macro) maps them onto these mesh axes.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
@@ -56,8 +57,17 @@ def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int
 
 
 def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
-    """A mesh over all (or the given) devices with axes (data, fsdp, model)."""
+    """A mesh with axes (data, fsdp, model) over the given devices, or all of them.
+
+    A fully specified shape smaller than the device count uses the first devices (handy on
+    CPU; logged, since on a pod it usually means a mistake).
+    """
     devices = list(jax.devices() if devices is None else devices)
+    wanted = math.prod(int(s) for s in mesh_shape)
+    if -1 not in mesh_shape and 0 < wanted < len(devices):
+        logging.getLogger(__name__).warning(
+            "MESH_SHAPE %s uses %d of %d devices", tuple(mesh_shape), wanted, len(devices))
+        devices = devices[:wanted]
     shape = resolve_mesh_shape(mesh_shape, len(devices))
     try:
         device_array = jax.experimental.mesh_utils.create_device_mesh(shape, devices)

@@ -60,7 +60,7 @@ def train(
     progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Trains `model` for `train_steps` steps in total; returns the last logged metrics."""
-    _check_positive(train_steps=train_steps, batch_size=batch_size,
+    check_arguments(train_steps=train_steps, batch_size=batch_size,
                     sequence_length=sequence_length, log_every=log_every,
                     eval_every=eval_every, checkpoint_every=checkpoint_every)
     model_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -126,10 +126,14 @@ def train(
             state, step_metrics = trainer.train_step(state, batch)
             window_steps += 1
             done = step + 1
-            loss = float(step_metrics["loss"])  # one scalar per step: cheap, catches NaN early
-            if not math.isfinite(loss):
+            # Two scalars per step: cheap, and a NaN never reaches a checkpoint.
+            loss, param_norm = (float(x) for x in jax.device_get(
+                (step_metrics["loss"], step_metrics["param_norm"])))
+            if not (math.isfinite(loss) and math.isfinite(param_norm)):
+                what = "loss" if not math.isfinite(loss) else "parameter norm after the update"
                 raise NonFiniteLossError(
-                    f"loss is {loss} at step {done}; training stopped. "
+                    f"{what} is {loss if what == 'loss' else param_norm} at step {done}; "
+                    "training stopped. "
                     + (f"The last good checkpoint is step {last_good_step} in {model_dir}."
                        if last_good_step is not None else "No checkpoint was saved.")
                 )
@@ -183,6 +187,15 @@ def evaluate(trainer: Trainer, params, eval_dataset, max_batches: int) -> dict[s
     if totals is None:
         raise ValueError("the evaluation split produced no full batch; lower BATCH_SIZE")
     return summarize_eval(totals)
+
+
+def check_arguments(*, train_steps, batch_size, sequence_length, log_every, eval_every,
+                    checkpoint_every):
+    """The checks on `train`'s plain arguments; the CLI runs them before gin builds the
+    vocabulary and data (see `config.check_arguments`)."""
+    _check_positive(train_steps=train_steps, batch_size=batch_size,
+                    sequence_length=sequence_length, log_every=log_every,
+                    eval_every=eval_every, checkpoint_every=checkpoint_every)
 
 
 def _check_positive(**values):
