@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6.5,<3",
     "matplotlib>=3.11,<4",
     "tqdm>=4.70,<5",
+    "filelock>=4.2,<5",
 ]
 
 TEST_REQUIRES = [

@@ -66,11 +66,8 @@ class GinConfig:
             raise self.explain(error) from error
 
     def find(self, gin_file: str) -> str:
-        if os.path.isabs(gin_file):
-            candidates = [gin_file]
-        else:
-            candidates = [os.path.join(base, gin_file) for base in self.search_paths]
-        for candidate in candidates:
+        bases = [""] if os.path.isabs(gin_file) else self.search_paths
+        for candidate in (os.path.join(base, gin_file) for base in bases):
             if os.path.isfile(candidate):
                 self._add_include_sources(candidate)
                 return candidate
@@ -205,7 +202,7 @@ def _read(path: str) -> str:
 
 def call(config: GinConfig, fn: Callable, **kwargs):
     """Calls `fn` with its gin bindings; configuration mistakes come back as ConfigError."""
-    configured = gin.get_configurable(fn)
+    configured = _configurable(fn)
     try:
         return configured(**kwargs)
     except (ValueError, TypeError) as error:
@@ -219,18 +216,28 @@ def check_arguments(config: GinConfig, fn: Callable, check: Callable[..., None])
     """Calls `check` with the arguments of `fn` it names, as gin binds them (macros resolved)
     or as `fn`'s defaults. gin evaluates every `@ref()` argument (a vocabulary to train, say)
     before `fn`'s body runs, so this is how plain values are validated before the slow part."""
+    _configurable(fn)
     bindings = gin.get_bindings(fn, resolve_references=False)
-    defaults = inspect.signature(fn).parameters
-    values = {}
-    for name in inspect.signature(check).parameters:
-        if name in bindings:
-            values[name] = copy.deepcopy(bindings[name])  # resolves a %MACRO to its value
-        elif defaults[name].default is not inspect.Parameter.empty:
-            values[name] = defaults[name].default
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                if p.default is not p.empty}
+    names = inspect.signature(check).parameters
+    if any(name not in bindings and name not in defaults for name in names):
+        return  # an unbound required argument: calling `fn` reports it
+    # deepcopy evaluates a binding's %MACRO (not the @refs of the other arguments).
+    values = {name: copy.deepcopy(bindings[name]) if name in bindings else defaults[name]
+              for name in names}
     try:
         check(**values)
     except ValueError as error:
         raise config.explain_parameter(fn.__name__, str(error)) from error
+
+
+def _configurable(fn: Callable) -> Callable:
+    try:
+        return gin.get_configurable(fn)
+    except ValueError as error:  # no file imports and binds it
+        raise ConfigError(f"no gin file configures {fn.__module__}.{fn.__name__} (include one "
+                          "that does, e.g. a runs/*.gin file)") from error
 
 
 def _is_config_error(error: BaseException, fn: Callable) -> bool:

@@ -29,7 +29,8 @@ def cross_entropy_with_logits(
         confidence = 1.0 - label_smoothing
         low = label_smoothing / (vocab_size - 1)
         normalizer = -(
-            confidence * jnp.log(confidence) + (vocab_size - 1) * low * jnp.log(low + 1e-20)
+            jax.scipy.special.xlogy(confidence, confidence)
+            + (vocab_size - 1) * jax.scipy.special.xlogy(low, low)
         )
         others = jnp.sum(log_probs, axis=-1) - target_log_prob
         loss = -(confidence * target_log_prob + low * others) - normalizer

@@ -18,6 +18,7 @@ import sysconfig
 import zlib
 from collections.abc import Iterator
 
+import filelock
 import tensorflow_datasets as tfds
 from etils import epath
 
@@ -196,9 +197,13 @@ class PythonDocs(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str) -> None:
-    """Builds the dataset under `data_dir` as array_record; returns at once if built."""
+    """Builds the dataset under `data_dir` as array_record; returns at once if built.
+
+    A file lock makes concurrent processes (test workers, two runs) build it once."""
     tfds.disable_progress_bar()
-    PythonDocs(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    os.makedirs(data_dir, exist_ok=True)
+    with filelock.FileLock(os.path.join(data_dir, ".python_docs.lock")):
+        PythonDocs(data_dir=data_dir, file_format="array_record").download_and_prepare()
 
 
 def data_source(split: str, data_dir: str):

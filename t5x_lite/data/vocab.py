@@ -16,6 +16,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import filelock
 import sentencepiece
 
 PAD_ID = 0
@@ -313,7 +314,9 @@ def get_or_train_vocabulary(
             raise FileNotFoundError(f"SentencePiece model not found: {sentencepiece_model}")
         return Vocabulary(sentencepiece_model, extra_ids)
     model_path = cached_vocabulary_path(data_dir, vocab_size)
-    if not os.path.isfile(model_path):
-        texts = texts_fn() if texts_fn is not None else python_docs_train_texts(data_dir)
-        train_vocabulary(texts, model_path, vocab_size)
+    os.makedirs(os.path.dirname(model_path), exist_ok=True)
+    with filelock.FileLock(model_path + ".lock"):  # concurrent runs train it once
+        if not os.path.isfile(model_path):
+            texts = texts_fn() if texts_fn is not None else python_docs_train_texts(data_dir)
+            train_vocabulary(texts, model_path, vocab_size)
     return Vocabulary(model_path, extra_ids)

@@ -1,0 +1,209 @@
+"""The CLI's configuration errors: exit code 2 and one line naming the binding and its source.
+
+Each case runs `python -m t5x_lite.main` in a fresh directory (so gin files are found through
+the packaged gin_configs/), once plain and once with --verbose (which adds the traceback).
+Runs that get as far as `train` point DATA_DIR at an empty directory and check it stays empty:
+a config error must be reported before any corpus or vocabulary is built.
+"""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+CONFIG_ERROR = "t5x-lite: config error: "
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """An empty working directory with an empty data directory next to it."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "data").mkdir()
+    return tmp_path
+
+
+def cli_env(workdir):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", T5X_LITE_DATA_DIR=str(workdir / "data"))
+    env.pop("XLA_FLAGS", None)  # one CPU device is enough for config errors
+    return env
+
+
+def run_cli(workdir, *args, verbose=False):
+    command = [sys.executable, "-m", "t5x_lite.main", *args] + (["--verbose"] if verbose else [])
+    return subprocess.Popen(command, cwd=workdir / "work", env=cli_env(workdir), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(process, timeout=120):
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def assert_config_error(workdir, *args):
+    """Runs the CLI plain and verbose (side by side); returns the one-line message."""
+    plain, verbose = run_cli(workdir, *args), run_cli(workdir, *args, verbose=True)
+    (code, _, stderr), (verbose_code, _, verbose_stderr) = finish(plain), finish(verbose)
+    assert code == 2, stderr
+    assert len(stderr.splitlines()) == 1, f"expected one line, got:\n{stderr}"
+    assert stderr.startswith(CONFIG_ERROR), stderr
+    assert "Traceback" not in stderr
+    assert verbose_code == 2, verbose_stderr
+    assert "Traceback (most recent call last)" in verbose_stderr
+    assert stderr.strip() in verbose_stderr.splitlines()
+    assert os.listdir(workdir / "data") == [], "a config error must not build data"
+    return stderr.strip()[len(CONFIG_ERROR):]
+
+
+def write(workdir, name, text):
+    (workdir / "work" / name).write_text(text)
+    return name
+
+
+def train_flags(workdir):
+    return [f"--gin.DATA_DIR='{workdir / 'data'}'", f"--gin.MODEL_DIR='{workdir / 'model'}'"]
+
+
+def test_misspelled_parameter_in_user_file(workdir):
+    user = write(workdir, "user.gin",
+                 "include 'quickstart/decoder_lm.gin'\n\ndecoder.DecoderConfig.num_layerz = 2\n")
+    message = assert_config_error(workdir, "params", f"--gin_file={user}")
+    assert message.startswith("user.gin:3: ")
+    assert "num_layerz" in message and "decoder.DecoderConfig" in message
+
+
+def test_unknown_configurable_in_user_file(workdir):
+    user = write(workdir, "user.gin",
+                 "include 'quickstart/decoder_lm.gin'\ndecoder.DecoderConfigg.num_layers = 2\n")
+    message = assert_config_error(workdir, "params", f"--gin_file={user}")
+    assert message.startswith("user.gin:2: ")
+    assert "decoder.DecoderConfigg" in message
+
+
+def test_misspelled_parameter_on_command_line(workdir):
+    message = assert_config_error(workdir, "params", "--gin_file=quickstart/decoder_lm.gin",
+                                  "--gin.decoder.DecoderConfig.num_layerz=2")
+    assert message.startswith("--gin.decoder.DecoderConfig.num_layerz=2: ")
+    assert "num_layerz" in message
+
+
+def test_missing_required_macro(workdir):
+    message = assert_config_error(
+        workdir, "train", "--gin_file=models/decoder_tiny.gin",
+        "--gin_file=data/python_docs.gin", "--gin_file=runs/pretrain_decoder.gin")
+    assert "MODEL_DIR" in message
+    location = message.split(": ")[0]
+    assert re.search(r"runs/pretrain_decoder\.gin:\d+$", location), message
+    assert "--gin.MODEL_DIR=" in message  # says how to set it
+
+
+def test_bad_macro_value_on_command_line_fails_before_data(workdir):
+    message = assert_config_error(workdir, "train", "--gin_file=quickstart/decoder_lm.gin",
+                                  *train_flags(workdir), "--gin.TRAIN_STEPS=-3")
+    assert message.startswith("--gin.TRAIN_STEPS=-3: ")
+    assert "TRAIN_STEPS" in message and "train_steps" in message and "-3" in message
+
+
+def test_bad_macro_value_in_file_names_the_line_that_won(workdir):
+    user = write(workdir, "user.gin",
+                 "include 'quickstart/decoder_lm.gin'\nTRAIN_STEPS = 5\nTRAIN_STEPS = 0\n")
+    message = assert_config_error(workdir, "train", f"--gin_file={user}", *train_flags(workdir))
+    assert message.startswith("user.gin:3: TRAIN_STEPS")
+    assert "train_steps must be a positive integer, got 0" in message
+
+
+def test_bad_parameter_value_on_command_line_fails_before_data(workdir):
+    message = assert_config_error(workdir, "train", "--gin_file=quickstart/decoder_lm.gin",
+                                  *train_flags(workdir),
+                                  "--gin.decoder.DecoderConfig.remat_policy='bogus'")
+    assert message.startswith("--gin.decoder.DecoderConfig.remat_policy='bogus': ")
+    assert "remat_policy must be one of" in message and "'bogus'" in message
+
+
+def test_bad_parameter_value_in_block_names_file_and_line(workdir):
+    user = write(workdir, "user.gin",
+                 "include 'quickstart/decoder_lm.gin'\n"
+                 "decoder.DecoderConfig:\n  num_layers = 2\n  remat_policy = 'bogus'\n")
+    message = assert_config_error(workdir, "params", f"--gin_file={user}")
+    assert message.startswith("user.gin:4: decoder.DecoderConfig.remat_policy: ")
+
+
+def test_unparsable_binding(workdir):
+    message = assert_config_error(workdir, "params", "--gin_file=quickstart/decoder_lm.gin",
+                                  "--gin.TRAIN_STEPS=(3")
+    assert message.startswith("--gin.TRAIN_STEPS=(3: cannot parse")
+
+
+def test_unquoted_string_binding_gets_a_hint(workdir):
+    message = assert_config_error(workdir, "params", "--gin_file=quickstart/decoder_lm.gin",
+                                  "--gin.MODEL_DIR=/tmp/run")
+    assert message.startswith("--gin.MODEL_DIR=/tmp/run: cannot parse")
+    assert "quote strings" in message
+
+
+def test_unknown_gin_file(workdir):
+    message = assert_config_error(workdir, "params", "--gin_file=models/no_such_model.gin")
+    assert "'models/no_such_model.gin' not found" in message
+
+
+def test_unknown_included_gin_file(workdir):
+    user = write(workdir, "user.gin", "# a comment\ninclude 'models/no_such_model.gin'\n")
+    message = assert_config_error(workdir, "params", f"--gin_file={user}")
+    assert message.startswith("user.gin:2: ")
+    assert "'models/no_such_model.gin' not found" in message
+
+
+def test_train_without_a_run_config(workdir):
+    message = assert_config_error(workdir, "train", "--gin_file=models/decoder_tiny.gin")
+    assert message.startswith("no gin file configures t5x_lite.train_loop.train")
+
+
+def test_params_prints_counts_that_add_up(workdir):
+    start = time.perf_counter()
+    code, stdout, stderr = finish(run_cli(workdir, "params", "--gin_file=models/decoder_50m.gin"))
+    elapsed = time.perf_counter() - start
+    assert code == 0, stderr
+    *modules, last = stdout.strip().splitlines()
+    assert re.fullmatch(r"total_params: \d+", last)
+    total = int(last.split(": ")[1])
+    assert total == 50_012_672
+    per_module = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in modules}
+    assert set(per_module) == {"token_embed", "layers", "final_norm"}
+    assert sum(per_module.values()) == total
+    assert elapsed < 60, f"params took {elapsed:.0f}s: it should only trace shapes"
+
+
+# ----------------------------------------------------------------- GinConfig in-process
+@pytest.fixture
+def gin_config(tmp_path, monkeypatch):
+    """GinConfig run from an empty directory; gin's global state is cleared afterwards."""
+    import gin
+    from t5x_lite import config
+
+    monkeypatch.chdir(tmp_path)
+    yield config.GinConfig
+    gin.clear_config(clear_constants=True)
+
+
+def test_later_bindings_win_over_files_and_earlier_bindings(gin_config, tmp_path):
+    import gin
+
+    (tmp_path / "user.gin").write_text(
+        "include 'quickstart/decoder_lm.gin'\ndecoder.DecoderConfig.num_layers = 2\n")
+    gin_config(["user.gin"], [])
+    assert gin.query_parameter("%TRAIN_STEPS") == 600  # quickstart overrides runs/ file
+    assert gin.query_parameter("decoder.DecoderConfig.num_layers") == 2  # user file wins
+    gin_config(["user.gin"], ["TRAIN_STEPS = 5", "decoder.DecoderConfig.num_layers = 3",
+                              "TRAIN_STEPS = 7"])
+    assert gin.query_parameter("%TRAIN_STEPS") == 7
+    assert gin.query_parameter("decoder.DecoderConfig.num_layers") == 3
+
+
+def test_undefined_macro_names_the_flag_using_it(gin_config):
+    from t5x_lite import config
+
+    with pytest.raises(config.ConfigError,
+                       match=r"^--gin\.TRAIN_STEPS=%NOT_DEFINED: macro %NOT_DEFINED is never"):
+        gin_config(["quickstart/decoder_lm.gin"], ["TRAIN_STEPS = 1",
+                                                   "TRAIN_STEPS = %NOT_DEFINED"])
