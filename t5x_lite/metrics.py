@@ -62,6 +62,32 @@ def flops_per_step(
     return float((6 * n + attention) * tokens_per_step)
 
 
+def model_flops_per_step(model, params: Any, feature_lengths, batch_size: int) -> float:
+    """Training FLOPs of one step for a decoder-only or an encoder-decoder model.
+
+    Encoder-decoder: each stack's parameters see their own tokens,
+        6 · (N_encoder · Li + N_decoder · Lt) · B
+      + 12 · H · Q · B · (L_enc · Li² + L_dec · Lt² + L_dec · Lt · Li)
+    (encoder self-attention, decoder self-attention, cross-attention); the output projection
+    counts with the decoder.
+    """
+    cfg = model.config
+    if "encoder" not in params:
+        return flops_per_step(
+            params, tied_embeddings=cfg.tie_embeddings, num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+            sequence_length=feature_lengths["targets"],
+            tokens_per_step=batch_size * feature_lengths["targets"])
+    inputs, targets = feature_lengths["inputs"], feature_lengths["targets"]
+    n_encoder = count_params(params["encoder"])
+    n_decoder = count_params(params["decoder"])
+    n_decoder += count_params(params["token_embed"] if cfg.tie_embeddings else params["lm_head"])
+    dense = 6 * (n_encoder * inputs + n_decoder * targets) * batch_size
+    attention = 12 * cfg.num_heads * cfg.head_dim * batch_size * (
+        cfg.num_encoder_layers * inputs**2 + cfg.num_decoder_layers * (targets**2 + targets * inputs))
+    return float(dense + attention)
+
+
 def measure_cpu_peak_flops(size: int = 2048, repeats: int = 5) -> float:
     """What a large float32 matmul reaches on this machine (one device, all its threads)."""
     device = jax.devices()[0]

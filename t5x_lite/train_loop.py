@@ -7,21 +7,20 @@ turns NaN or infinite.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 import tqdm
 
 from t5x_lite import checkpoints, metrics as metrics_lib, partitioning
+from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import objectives, pipeline
 from t5x_lite.trainer import Trainer, summarize_eval
 
@@ -43,10 +42,11 @@ def train(
     learning_rate: optax.Schedule,
     train_steps: int,
     batch_size: int,
-    sequence_length: int,
+    feature_lengths: Mapping[str, int],
     mesh_shape=(-1, 1, 1),
     logical_axis_rules=partitioning.DEFAULT_RULES,
-    objective=objectives.causal_lm,
+    objective=objectives.CausalLM(),
+    bidirectional_inputs: bool = True,
     seed: int = 0,
     log_every: int = 10,
     eval_every: int = 100,
@@ -59,10 +59,18 @@ def train(
     peak_flops_per_device: float | None = None,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
-    """Trains `model` for `train_steps` steps in total; returns the last logged metrics."""
+    """Trains `model` for `train_steps` steps in total; returns the last logged metrics.
+
+    `feature_lengths` are T5X's TASK_FEATURE_LENGTHS: {'targets': L} for a decoder-only model,
+    {'inputs': Li, 'targets': Lt} for an encoder-decoder. `bidirectional_inputs` gives a
+    decoder-only model bidirectional attention over an objective's inputs (prefix LM); with
+    False the inputs are read causally and only the loss skips them.
+    """
     check_arguments(train_steps=train_steps, batch_size=batch_size,
-                    sequence_length=sequence_length, log_every=log_every,
+                    feature_lengths=feature_lengths, log_every=log_every,
                     eval_every=eval_every, checkpoint_every=checkpoint_every)
+    layout = getattr(model, "feature_converter", "decoder")
+    converters.check_layout(layout, feature_lengths)
     model_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if model_vocab is not None and model_vocab < vocabulary.vocab_size:
         raise ValueError(
@@ -73,7 +81,8 @@ def train(
     mesh = partitioning.make_mesh(mesh_shape)
     trainer = Trainer(
         model, optimizer(learning_rate=learning_rate), learning_rate, mesh, logical_axis_rules,
-        batch_shapes=pipeline.batch_shapes(sequence_length, batch_size),
+        batch_shapes=converters.batch_shapes(layout, feature_lengths, batch_size,
+                                             bidirectional_inputs),
         label_smoothing=label_smoothing, z_loss=z_loss, num_microbatches=num_microbatches,
     )
     divisor = partitioning.batch_divisor(mesh, trainer.rules)
@@ -83,8 +92,9 @@ def train(
 
     def dataset(config, *, training, stats=None):
         return pipeline.make_dataset(
-            config, vocabulary, sequence_length=sequence_length, batch_size=batch_size,
-            objective=objective, seed=seed, shuffle=training, repeat=training, stats=stats,
+            config, vocabulary, feature_lengths=feature_lengths, batch_size=batch_size,
+            objective=objective, layout=layout, bidirectional_inputs=bidirectional_inputs,
+            seed=seed, shuffle=training, repeat=training, stats=stats,
         )
 
     train_dataset, stats = dataset(train_data, training=True)
@@ -103,14 +113,9 @@ def train(
 
     is_writer = jax.process_index() == 0
     writer = metrics_lib.MetricsWriter(model_dir, enabled=is_writer)
-    cfg = getattr(model, "config", None)
-    flops = metrics_lib.flops_per_step(
-        trainer.abstract_params,
-        tied_embeddings=getattr(cfg, "tie_embeddings", False),
-        num_layers=getattr(cfg, "num_layers", 0), num_heads=getattr(cfg, "num_heads", 0),
-        head_dim=getattr(cfg, "head_dim", 0), sequence_length=sequence_length,
-        tokens_per_step=batch_size * sequence_length,
-    )
+    flops = metrics_lib.model_flops_per_step(model, trainer.abstract_params, feature_lengths,
+                                             batch_size)
+    tokens_per_step = batch_size * sum(feature_lengths.values())
     peak, peak_source = metrics_lib.peak_flops_total(peak_flops_per_device)
     _say(f"model: {metrics_lib.count_params(trainer.abstract_params):,} parameters; "
          f"{flops / 1e12:.4f} TFLOPs per step; peak {peak / 1e12:.3f} TFLOP/s ({peak_source}); "
@@ -144,7 +149,7 @@ def train(
                 values = {f"train/{k}": float(v) for k, v in jax.device_get(step_metrics).items()}
                 values.update({
                     "perf/step_time_s": step_time,
-                    "perf/tokens_per_second": batch_size * sequence_length / step_time,
+                    "perf/tokens_per_second": tokens_per_step / step_time,
                     "perf/tflops_per_step": flops / 1e12,
                     "perf/mfu": flops / step_time / peak,
                 })
@@ -189,13 +194,16 @@ def evaluate(trainer: Trainer, params, eval_dataset, max_batches: int) -> dict[s
     return summarize_eval(totals)
 
 
-def check_arguments(*, train_steps, batch_size, sequence_length, log_every, eval_every,
+def check_arguments(*, train_steps, batch_size, feature_lengths, log_every, eval_every,
                     checkpoint_every):
     """The checks on `train`'s plain arguments; the CLI runs them before gin builds the
     vocabulary and data (see `config.check_arguments`)."""
-    _check_positive(train_steps=train_steps, batch_size=batch_size,
-                    sequence_length=sequence_length, log_every=log_every,
+    _check_positive(train_steps=train_steps, batch_size=batch_size, log_every=log_every,
                     eval_every=eval_every, checkpoint_every=checkpoint_every)
+    if not isinstance(feature_lengths, Mapping) or not feature_lengths:
+        raise ValueError(f"feature_lengths must be a dict like {{'targets': 512}}, "
+                         f"got {feature_lengths!r}")
+    _check_positive(**{f"feature_lengths[{k!r}]": v for k, v in feature_lengths.items()})
 
 
 def _check_positive(**values):

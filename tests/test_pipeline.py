@@ -19,7 +19,7 @@ def take(dataset, n):
 
 def test_same_seed_same_batches_different_seed_different(data_dir, vocabulary):
     config = pipeline.DatasetConfig(data_dir=data_dir)
-    kwargs = dict(sequence_length=64, batch_size=4)
+    kwargs = dict(feature_lengths={'targets': 64}, batch_size=4)
     a = take(pipeline.make_dataset(config, vocabulary, seed=1, **kwargs)[0], 3)
     b = take(pipeline.make_dataset(config, vocabulary, seed=1, **kwargs)[0], 3)
     c = take(pipeline.make_dataset(config, vocabulary, seed=2, **kwargs)[0], 3)
@@ -34,7 +34,7 @@ def test_processes_read_disjoint_records(data_dir, vocabulary):
     seen = []
     for process in range(3):
         dataset, _ = pipeline.make_dataset(
-            config, vocabulary, sequence_length=128, batch_size=3, shuffle=False, repeat=False,
+            config, vocabulary, feature_lengths={'targets': 128}, batch_size=3, shuffle=False, repeat=False,
             process_index=process, process_count=3,
         )
         rows = [row for batch in dataset for row in batch["decoder_target_tokens"]]
@@ -49,7 +49,7 @@ def test_processes_read_disjoint_records(data_dir, vocabulary):
 
 def test_packed_features_are_consistent(data_dir, vocabulary):
     dataset, _ = pipeline.make_dataset(
-        pipeline.DatasetConfig(data_dir=data_dir), vocabulary, sequence_length=128, batch_size=4
+        pipeline.DatasetConfig(data_dir=data_dir), vocabulary, feature_lengths={'targets': 128}, batch_size=4
     )
     batch = next(iter(dataset))
     assert batch["decoder_target_tokens"].shape == (4, 128)
@@ -79,13 +79,13 @@ def test_bad_records_are_skipped_and_counted(vocabulary):
         {"text": "Another good one, already a str.".encode()},
     ]
     dataset, stats = pipeline.make_dataset(
-        make_config(records), vocabulary, sequence_length=64, batch_size=1, shuffle=False,
+        make_config(records), vocabulary, feature_lengths={'targets': 64}, batch_size=1, shuffle=False,
         repeat=False, max_chunks_per_document=4,
     )
     rows = list(dataset)
     counts = stats.snapshot()
     assert counts == {"records": 7, "skipped_empty": 2, "skipped_non_utf8": 1,
-                      "skipped_malformed": 1, "split_long": 1}
+                      "skipped_malformed": 1, "split_long": 1, "truncated": 0}
     texts = " ".join(vocabulary.decode(r["decoder_target_tokens"][0]) for r in rows)
     assert "open() builtin" in texts and "already a str" in texts
     assert sum(int((r["decoder_segment_ids"] > 0).sum()) for r in rows) > 4 * 64 - 1
@@ -100,7 +100,7 @@ def test_autoregressive_inputs_restart_per_segment():
 
 
 def test_causal_lm_appends_eos():
-    out = objectives.causal_lm(np.array([4, 5, 6]), seed=3, eos_id=1)
+    out = objectives.CausalLM(eos_id=1)(np.array([4, 5, 6]), 3)
     np.testing.assert_array_equal(out["targets"], [4, 5, 6, 1])
 
 

@@ -5,7 +5,7 @@ import optax
 import pytest
 
 from t5x_lite import optimizers, partitioning
-from t5x_lite.data import pipeline
+from t5x_lite.data import feature_converters, pipeline
 from t5x_lite.models import decoder
 from t5x_lite.trainer import Trainer
 
@@ -38,7 +38,8 @@ def make_trainer(mesh_shape=(2, 2, 2), optimizer=optimizers.adamw, **kwargs):
     mesh = partitioning.make_mesh(mesh_shape)
     schedule = optimizers.constant(1e-2)
     return Trainer(decoder.DecoderLM(CONFIG), optimizer(learning_rate=schedule), schedule, mesh,
-                   partitioning.DEFAULT_RULES, batch_shapes=pipeline.batch_shapes(32, 8),
+                   partitioning.DEFAULT_RULES,
+                   batch_shapes=feature_converters.batch_shapes('decoder', {'targets': 32}, 8),
                    **kwargs)
 
 

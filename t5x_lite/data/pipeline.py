@@ -4,10 +4,10 @@
       → this process's records ([process_index::process_count], disjoint across hosts)
       → shuffle(seed), repeat                      (training only)
       → decode + tokenize (bad records skipped and counted in `RecordStats`)
+      → cut documents into chunks of the objective's raw length (counted)
       → objective(tokens, seed)                     (pure; see objectives.py)
-      → split over-long examples into row-sized chunks (counted)
       → grain's FirstFitPackIterDataset              (segment ids + positions per row)
-      → T5X feature names, autoregressive inputs, loss weights
+      → T5X feature names per architecture           (feature_converters.py)
       → batch of this process's rows
       → `global_batch`: one jax.Array over the mesh's batch axes
 
@@ -27,10 +27,11 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import objectives, python_docs
 from t5x_lite.data import vocab as vocab_lib
 
-Objective = Callable[..., dict[str, np.ndarray]]
+Objective = Callable[[np.ndarray, int], dict[str, np.ndarray]]
 
 
 def default_data_dir() -> str:
@@ -69,7 +70,8 @@ class DatasetConfig:
 class RecordStats:
     """Thread-safe counters of what the pipeline dropped or altered (reported as metrics)."""
 
-    KEYS = ("records", "skipped_empty", "skipped_non_utf8", "skipped_malformed", "split_long")
+    KEYS = ("records", "skipped_empty", "skipped_non_utf8", "skipped_malformed", "split_long",
+            "truncated")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -84,17 +86,9 @@ class RecordStats:
             return dict(self._counts)
 
 
-def tokenize_record(
-    index: int,
-    record: Mapping[str, Any],
-    *,
-    vocabulary: vocab_lib.Vocabulary,
-    text_feature: str,
-    objective: Objective,
-    seed: int,
-    stats: RecordStats,
-) -> dict[str, np.ndarray] | None:
-    """One record → objective features, or None (counted) for a record that can't be used."""
+def tokenize_record(record: Mapping[str, Any], *, vocabulary: vocab_lib.Vocabulary,
+                    text_feature: str, stats: RecordStats) -> np.ndarray | None:
+    """One record → token ids, or None (counted) for a record that can't be used."""
     stats.add("records")
     try:
         value = record[text_feature]
@@ -108,50 +102,42 @@ def tokenize_record(
     if not text.strip():
         stats.add("skipped_empty")
         return None
-    tokens = np.asarray(vocabulary.encode(text), np.int32)
-    example_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-    return objective(tokens, example_seed)
+    return np.asarray(vocabulary.encode(text), np.int32)
 
 
-class SplitLongExamples(grain.experimental.FlatMapTransform):
-    """Cuts examples longer than a row into row-sized chunks (nothing is dropped below
-    `max_fan_out` chunks; beyond that the tail is cut). Counted as `split_long`."""
+class ChunkTokens(grain.experimental.FlatMapTransform):
+    """Cuts a document's tokens into chunks of the objective's raw length. Nothing is dropped
+    below `max_fan_out` chunks; beyond that the tail is cut. Counted as `split_long`."""
 
     def __init__(self, length: int, max_fan_out: int, stats: RecordStats):
         self.length, self.max_fan_out, self.stats = length, max_fan_out, stats
 
-    def flat_map(self, example):
-        size = max(len(v) for v in example.values())
-        if size <= self.length:
-            return [example]
+    def flat_map(self, tokens):
+        if len(tokens) <= self.length:
+            return [tokens]
         self.stats.add("split_long")
-        chunks = min(-(-size // self.length), self.max_fan_out)
-        return [
-            {k: v[i * self.length : (i + 1) * self.length] for k, v in example.items()}
-            for i in range(chunks)
-        ]
+        chunks = min(-(-len(tokens) // self.length), self.max_fan_out)
+        return [tokens[i * self.length : (i + 1) * self.length] for i in range(chunks)]
 
 
-def to_decoder_features(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Packed `targets` → T5X decoder features (inputs shifted within segments, weights)."""
-    targets = packed["targets"].astype(np.int32)
-    segment_ids = packed["targets_segment_ids"].astype(np.int32)
-    return {
-        "decoder_input_tokens": objectives.autoregressive_inputs(targets, segment_ids),
-        "decoder_target_tokens": targets,
-        "decoder_segment_ids": segment_ids,
-        "decoder_positions": packed["targets_positions"].astype(np.int32),
-        "decoder_loss_weights": ((segment_ids > 0) & (targets > 0)).astype(np.float32),
-    }
+def bind_vocabulary(objective: Objective, vocabulary: vocab_lib.Vocabulary) -> Objective:
+    """Fills an objective's `eos_id` / `vocab_size` fields from the vocabulary."""
+    if dataclasses.is_dataclass(objective):
+        fields = {f.name for f in dataclasses.fields(objective)}
+        values = {"eos_id": vocabulary.eos_id, "vocab_size": vocabulary.vocab_size}
+        return dataclasses.replace(objective, **{k: v for k, v in values.items() if k in fields})
+    return objective
 
 
 def make_dataset(
     config: DatasetConfig,
     vocabulary: vocab_lib.Vocabulary,
     *,
-    sequence_length: int,
+    feature_lengths: Mapping[str, int],
     batch_size: int,
-    objective: Objective = objectives.causal_lm,
+    objective: Objective = objectives.CausalLM(),
+    layout: str = "decoder",
+    bidirectional_inputs: bool = True,
     seed: int = 0,
     shuffle: bool = True,
     repeat: bool = True,
@@ -161,41 +147,46 @@ def make_dataset(
     stats: RecordStats | None = None,
 ) -> tuple[grain.IterDataset, RecordStats]:
     """This process's share of `batch_size` packed rows per step, as a grain IterDataset."""
+    converters.check_layout(layout, feature_lengths)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if batch_size % process_count:
         raise ValueError(f"batch size {batch_size} must be divisible by {process_count} processes")
     local_batch = batch_size // process_count
     stats = stats or RecordStats()
+    objective = bind_vocabulary(objective, vocabulary)
+    raw_length = objective.raw_length(feature_lengths)
 
     dataset = grain.MapDataset.source(config.source())[process_index::process_count]
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.map_with_index(
-        functools.partial(
-            tokenize_record,
-            vocabulary=vocabulary,
-            text_feature=config.text_feature,
-            objective=functools.partial(objective, eos_id=vocabulary.eos_id),
-            seed=seed,
-            stats=stats,
-        )
-    ).filter(lambda example: example is not None)
-
+    dataset = dataset.map(functools.partial(
+        tokenize_record, vocabulary=vocabulary, text_feature=config.text_feature, stats=stats,
+    )).filter(lambda tokens: tokens is not None)
     iter_dataset = grain.experimental.FlatMapIterDataset(
-        dataset.to_iter_dataset(),
-        SplitLongExamples(sequence_length, max_chunks_per_document, stats),
-    )
+        dataset.to_iter_dataset(), ChunkTokens(raw_length, max_chunks_per_document, stats))
+
+    def apply_objective(tokens, rng: np.random.Generator):
+        example = objective(tokens, int(rng.integers(2**31 - 1)))
+        packable, truncated = converters.to_packable(example, layout, feature_lengths,
+                                                     vocabulary.eos_id)
+        if truncated:
+            stats.add("truncated")
+        return packable
+
+    iter_dataset = iter_dataset.random_map(apply_objective, seed=seed)
     iter_dataset = grain.experimental.FirstFitPackIterDataset(
         iter_dataset,
-        length_struct={"targets": sequence_length},
+        length_struct=converters.packing_lengths(layout, feature_lengths),
         num_packing_bins=local_batch,
         seed=seed,
         shuffle_bins=shuffle,
     )
-    iter_dataset = iter_dataset.map(to_decoder_features)
+    iter_dataset = iter_dataset.map(
+        functools.partial(converters.convert, layout=layout,
+                          bidirectional_inputs=bidirectional_inputs))
     return iter_dataset.batch(local_batch, drop_remainder=True), stats
 
 
@@ -204,18 +195,6 @@ def global_batch(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.S
     return {
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
         for name, value in local_batch.items()
-    }
-
-
-def batch_shapes(sequence_length: int, batch_size: int) -> dict[str, tuple[tuple[int, int], Any]]:
-    """Global shapes and dtypes of a decoder batch (to build the train state abstractly)."""
-    shape = (batch_size, sequence_length)
-    return {
-        "decoder_input_tokens": (shape, np.int32),
-        "decoder_target_tokens": (shape, np.int32),
-        "decoder_segment_ids": (shape, np.int32),
-        "decoder_positions": (shape, np.int32),
-        "decoder_loss_weights": (shape, np.float32),
     }
 
 

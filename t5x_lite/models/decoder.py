@@ -20,13 +20,6 @@ import jax.numpy as jnp
 
 from t5x_lite.models import layers
 
-REMAT_POLICIES = {
-    "none": None,  # keep every activation (no rematerialisation)
-    "full": "full",  # keep nothing: recompute the whole block on the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
@@ -60,9 +53,10 @@ class DecoderConfig:
                 f"position_embedding must be 'rope', 'learned' or 'none', got "
                 f"{self.position_embedding!r}"
             )
-        if self.remat_policy not in REMAT_POLICIES:
+        if self.remat_policy not in layers.REMAT_POLICIES:
             raise ValueError(
-                f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}"
+                f"remat_policy must be one of {sorted(layers.REMAT_POLICIES)}, "
+                f"got {self.remat_policy!r}"
             )
         for field in ("vocab_size", "embed_dim", "num_layers", "num_heads", "head_dim", "mlp_dim"):
             value = getattr(self, field)
@@ -115,36 +109,6 @@ class DecoderBlock(nn.Module):
         return x, None
 
 
-def stack_blocks(block_cls, config, num_layers: int, scan: bool, remat_policy: str, **kwargs):
-    """Returns a callable running `num_layers` blocks: scanned (one traced block) or unrolled."""
-    policy = REMAT_POLICIES[remat_policy]
-    if policy is not None:
-        block_cls = nn.remat(
-            block_cls,
-            policy=None if policy == "full" else policy,
-            prevent_cse=not scan,
-        )
-    if scan:
-        scanned = nn.scan(
-            block_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast, nn.broadcast),
-            length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(config, name="layers", **kwargs)
-        return lambda x, *args: scanned(x, *args)[0]
-
-    blocks = [block_cls(config, name=f"layers_{i}", **kwargs) for i in range(num_layers)]
-
-    def run(x, *args):
-        for block in blocks:
-            x, _ = block(x, *args)
-        return x
-
-    return run
-
-
 class DecoderLM(nn.Module):
     """Causal language model returning float32 logits [batch, length, vocab]."""
 
@@ -188,8 +152,8 @@ class DecoderLM(nn.Module):
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = layers.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
-        run_blocks = stack_blocks(
-            DecoderBlock, cfg, cfg.num_layers, cfg.scan_layers, cfg.remat_policy,
+        run_blocks = layers.stack_blocks(
+            DecoderBlock, cfg, cfg.num_layers, cfg.scan_layers, cfg.remat_policy, num_args=2,
             deterministic=deterministic,
         )
         x = run_blocks(x, mask, decoder_positions)

@@ -30,6 +30,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": nn.silu,
 }
 
+REMAT_POLICIES = {
+    "none": None,  # keep every activation (no rematerialisation)
+    "full": "full",  # keep nothing: recompute the whole block on the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 # Fan-in scaled truncated normal: what T5X uses for its dense kernels.
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -285,6 +292,61 @@ class Mlp(nn.Module):
         return dense(x.shape[-1], ("mlp", "embed"), name="wo", **common)(hidden)
 
 
+def relative_position_bucket(
+    relative_position: jax.Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
+    """T5's bucketing of key-minus-query distances (Raffel et al. 2020, section 2.1).
+
+    Half the buckets (per direction when bidirectional) hold exact small distances; the rest
+    grow logarithmically up to `max_distance`, beyond which everything shares the last bucket.
+    A causal stack only sees non-positive distances, so it uses all buckets for the past.
+    """
+    bucket = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+        distance = jnp.abs(relative_position)
+    else:
+        distance = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    scaled = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / max_exact) / np.log(
+        max_distance / max_exact
+    )
+    large = max_exact + (scaled * (num_buckets - max_exact)).astype(relative_position.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return bucket + jnp.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head scalar bias for each relative-position bucket (one table per stack,
+    shared by all its layers). Returns [batch, heads, q, k] for the given positions."""
+
+    num_heads: int
+    num_buckets: int = 32
+    max_distance: int = 128
+    bidirectional: bool = True
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    embedding_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+    @nn.compact
+    def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+        table = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(self.embedding_init, ("heads", "relpos_buckets")),
+            (self.num_heads, self.num_buckets),
+            self.param_dtype,
+        )
+        relative = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
+        buckets = relative_position_bucket(
+            relative.astype(jnp.int32), bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets, max_distance=self.max_distance,
+        )
+        bias = jnp.take(jnp.asarray(table, self.dtype), buckets, axis=1)  # [h, b, q, k]
+        return jnp.transpose(bias, (1, 0, 2, 3))
+
+
 def token_embedder(
     vocab_size: int,
     embed_dim: int,
@@ -305,3 +367,38 @@ def token_embedder(
         ),
         name=name,
     )
+
+
+def stack_blocks(block_cls, config, num_layers: int, scan: bool, remat_policy: str,
+                 num_args: int, name: str = "layers", **kwargs):
+    """Returns a callable running `num_layers` blocks: scanned (one traced block) or unrolled.
+
+    A block is called as `block(x, *args) -> (x, None)`; `args` are the same for every layer
+    (masks, position biases, encoder outputs). Scanned parameters get a leading `layers` axis.
+    """
+    policy = REMAT_POLICIES[remat_policy]
+    if policy is not None:
+        block_cls = nn.remat(
+            block_cls,
+            policy=None if policy == "full" else policy,
+            prevent_cse=not scan,
+        )
+    if scan:
+        scanned = nn.scan(
+            block_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * num_args,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(config, name=name, **kwargs)
+        return lambda x, *args: scanned(x, *args)[0]
+
+    blocks = [block_cls(config, name=f"{name}_{i}", **kwargs) for i in range(num_layers)]
+
+    def run(x, *args):
+        for block in blocks:
+            x, _ = block(x, *args)
+        return x
+
+    return run

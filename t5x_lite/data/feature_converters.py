@@ -1,0 +1,123 @@
+"""From objective outputs to packed model features, per architecture (T5X's feature names).
+
+Two layouts:
+  decoder          one sequence per example: `inputs` (if any) then `targets`, with a `prefix`
+                   mask; loss only on the targets; optionally bidirectional attention over the
+                   prefix (T5's prefix-LM architecture) via `decoder_causal_attention`.
+  encoder_decoder  `inputs` go to the encoder, `targets` to the decoder (an objective without
+                   inputs gets a lone EOS as the encoder input).
+
+`feature_lengths` follow T5X's TASK_FEATURE_LENGTHS: {'targets': L} for a decoder-only LM (a
+prefix-LM's inputs and targets share those L positions), {'inputs': Li, 'targets': Lt} for an
+encoder-decoder.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from t5x_lite.data.objectives import autoregressive_inputs
+
+LAYOUTS = ("decoder", "encoder_decoder")
+
+
+def check_layout(layout: str, feature_lengths: Mapping[str, int]) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"feature layout must be one of {LAYOUTS}, got {layout!r}")
+    needed = {"targets"} if layout == "decoder" else {"inputs", "targets"}
+    if set(feature_lengths) != needed:
+        raise ValueError(f"feature_lengths for a {layout} model must have keys {sorted(needed)}, "
+                         f"got {dict(feature_lengths)}")
+
+
+def packing_lengths(layout: str, feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    if layout == "decoder":
+        return {"targets": feature_lengths["targets"], "prefix": feature_lengths["targets"]}
+    return {"inputs": feature_lengths["inputs"], "targets": feature_lengths["targets"]}
+
+
+def to_packable(example: Mapping[str, np.ndarray], layout: str,
+                feature_lengths: Mapping[str, int], eos_id: int) -> tuple[dict, bool]:
+    """One objective output → the features the packer sees; returns (features, truncated)."""
+    targets = np.asarray(example["targets"], np.int32)
+    inputs = example.get("inputs")
+    if layout == "decoder":
+        inputs = np.zeros(0, np.int32) if inputs is None else np.asarray(inputs, np.int32)
+        features = {
+            "targets": np.concatenate([inputs, targets]),
+            "prefix": np.concatenate([np.ones(len(inputs), np.int32),
+                                      np.zeros(len(targets), np.int32)]),
+        }
+    else:
+        if inputs is None or len(inputs) == 0:
+            inputs = np.asarray([eos_id], np.int32)
+        features = {"inputs": np.asarray(inputs, np.int32), "targets": targets}
+    lengths = packing_lengths(layout, feature_lengths)
+    truncated = any(len(v) > lengths[k] for k, v in features.items())
+    return {k: v[: lengths[k]] for k, v in features.items()}, truncated
+
+
+def decoder_features(packed: Mapping[str, np.ndarray],
+                     bidirectional_inputs: bool = True) -> dict[str, np.ndarray]:
+    targets = packed["targets"].astype(np.int32)
+    segment_ids = packed["targets_segment_ids"].astype(np.int32)
+    prefix = packed["prefix"].astype(bool)
+    features = {
+        "decoder_input_tokens": autoregressive_inputs(targets, segment_ids),
+        "decoder_target_tokens": targets,
+        "decoder_segment_ids": segment_ids,
+        "decoder_positions": packed["targets_positions"].astype(np.int32),
+        "decoder_loss_weights": ((segment_ids > 0) & (targets > 0) & ~prefix).astype(np.float32),
+    }
+    if bidirectional_inputs:
+        # Inputs are shifted right by one, so the prefix seen by the model spans one more
+        # position (T5X: positions 0..len(inputs) attend bidirectionally).
+        shifted = autoregressive_inputs(prefix.astype(np.int32), segment_ids).astype(bool)
+        features["decoder_causal_attention"] = prefix | shifted
+    return features
+
+
+def encoder_decoder_features(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    targets = packed["targets"].astype(np.int32)
+    decoder_segment_ids = packed["targets_segment_ids"].astype(np.int32)
+    return {
+        "encoder_input_tokens": packed["inputs"].astype(np.int32),
+        "encoder_segment_ids": packed["inputs_segment_ids"].astype(np.int32),
+        "encoder_positions": packed["inputs_positions"].astype(np.int32),
+        "decoder_input_tokens": autoregressive_inputs(targets, decoder_segment_ids),
+        "decoder_target_tokens": targets,
+        "decoder_segment_ids": decoder_segment_ids,
+        "decoder_positions": packed["targets_positions"].astype(np.int32),
+        "decoder_loss_weights": ((decoder_segment_ids > 0) & (targets > 0)).astype(np.float32),
+    }
+
+
+def convert(packed, layout: str, bidirectional_inputs: bool = True):
+    if layout == "decoder":
+        return decoder_features(packed, bidirectional_inputs)
+    return encoder_decoder_features(packed)
+
+
+def batch_shapes(layout: str, feature_lengths: Mapping[str, int], batch_size: int,
+                 bidirectional_inputs: bool = True) -> dict[str, tuple[tuple[int, int], Any]]:
+    """Global shapes and dtypes of a batch (to build the train state abstractly)."""
+    check_layout(layout, feature_lengths)
+    targets = (batch_size, feature_lengths["targets"])
+    shapes = {
+        "decoder_input_tokens": (targets, np.int32),
+        "decoder_target_tokens": (targets, np.int32),
+        "decoder_segment_ids": (targets, np.int32),
+        "decoder_positions": (targets, np.int32),
+        "decoder_loss_weights": (targets, np.float32),
+    }
+    if layout == "decoder" and bidirectional_inputs:
+        shapes["decoder_causal_attention"] = (targets, np.bool_)
+    if layout == "encoder_decoder":
+        inputs = (batch_size, feature_lengths["inputs"])
+        shapes.update({
+            "encoder_input_tokens": (inputs, np.int32),
+            "encoder_segment_ids": (inputs, np.int32),
+            "encoder_positions": (inputs, np.int32),
+        })
+    return shapes
