@@ -6,13 +6,19 @@ and `data` (the grain iterator state of every process). Saves are asynchronous. 
 publishes a step once it is complete; a published step that nevertheless fails to restore
 (damaged files) is reported, renamed to `<step>.unreadable`, and the next older step is
 used instead.
+
+A *params-only* checkpoint (`save_params` / `restore_params`: one orbax PyTree, no optimizer
+state) is what `t5x-lite convert` writes and `train(init_from=...)` starts a run from.
 """
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 logger = logging.getLogger(__name__)
@@ -85,3 +91,39 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def save_params(directory: str, params: Any) -> None:
+    """Writes a params-only checkpoint to `directory` (replaced if it exists)."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(directory), params, force=True)
+        checkpointer.wait_until_finished()
+
+
+def restore_params(directory: str, abstract_params: Any = None) -> Any:
+    """Reads a params-only checkpoint: as numpy arrays, or into `abstract_params`'
+    shapes, dtypes and (if they carry them) shardings."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.abspath(directory), abstract_params)
+
+
+def restore_train_params(directory: str, abstract_params: Any, step: int | None = None):
+    """Only the params of a training checkpoint (`Checkpointer`'s `state` item), as numpy
+    arrays, skipping the optimizer state. Newest step unless `step` is given.
+
+    Returns (step, params), or None when `directory` holds no checkpoint."""
+    if not os.path.isdir(directory):
+        return None
+    manager = ocp.CheckpointManager(os.path.abspath(directory))
+    steps = sorted(manager.all_steps())
+    manager.close()
+    if not steps:
+        return None
+    step = steps[-1] if step is None else step
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_params)
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(os.path.abspath(directory), str(step), "state"),
+        args=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                    restore_args={"params": as_numpy}, partial_restore=True),
+    )
+    return step, restored["params"]

@@ -51,9 +51,13 @@ def autoregressive_inputs(targets: np.ndarray, segment_ids: np.ndarray | None) -
 def _inputs_and_targets_length(tokens_length: int, noise_density: float,
                                mean_noise_span_length: float, extra_inputs: int,
                                extra_targets: int) -> tuple[int, int]:
+    # The counts `random_spans_noise_mask` uses (at least one noise token, one non-noise token
+    # and one span), so the lengths are exactly those `span_corruption` produces; T5's helper
+    # skips the clamps and so overshoots short inputs (inputs_length <= 9 at the defaults).
     num_noise_tokens = int(round(tokens_length * noise_density))
+    num_noise_tokens = min(max(num_noise_tokens, 1), tokens_length - 1)
     num_nonnoise_tokens = tokens_length - num_noise_tokens
-    num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
+    num_noise_spans = max(int(round(num_noise_tokens / mean_noise_span_length)), 1)
     # Inputs: non-noise tokens, a sentinel per span, EOS. Targets: noise tokens, a sentinel
     # per span, EOS.
     return (num_nonnoise_tokens + num_noise_spans * extra_inputs + 1,
@@ -184,7 +188,11 @@ class PrefixLM:
     eos_id: int = 1
 
     def raw_length(self, feature_lengths: Mapping[str, int]) -> int:
-        return sum(feature_lengths.values()) - 1
+        """Decoder ({'targets': L}): L - 1, so prefix + rest + EOS fill L exactly.
+        Encoder-decoder: min(Li + 1, Lt), so every split point fits both sides."""
+        if "inputs" in feature_lengths:
+            return min(feature_lengths["inputs"] + 1, feature_lengths["targets"])
+        return feature_lengths["targets"] - 1
 
     def __call__(self, tokens, seed):
         return prefix_lm(tokens, seed, eos_id=self.eos_id)

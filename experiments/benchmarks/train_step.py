@@ -1,0 +1,203 @@
+"""Training-step throughput and MFU of the 50M-parameter decoder on CPU, optionally beside
+Hugging Face `LlamaForCausalLM` with the same dimensions.
+
+What is measured
+  * t5x_lite: the real jitted `Trainer.train_step` (forward, cross entropy, backward, global-norm
+    clipping, AdamW, metrics) of `DecoderLM` configured as gin_configs/models/decoder_50m.gin
+    (8 layers, d=512, 8 heads x 64, SwiGLU 2048, tied 32,128-token embeddings, RoPE, RMSNorm),
+    on a (1, 1, 1) mesh of one CPU device, for a fully packed batch of random token ids
+    (segment ids 1, positions 0..T-1, loss weights 1). One step compiles and warms up, then
+    `--steps` steps are timed one by one with `jax.block_until_ready`; the median is reported.
+  * Model FLOPs per step from `t5x_lite.metrics.flops_per_step` (6·N·tokens + attention,
+    PaLM appendix B), tokens/s, achieved TFLOP/s, and MFU against the float32 matmul peak that
+    `t5x_lite.metrics.measure_cpu_peak_flops()` measures in this same run.
+  * transformers (if `torch` and `transformers` import): LlamaForCausalLM with identical
+    dimensions, float32, SDPA attention, random init; step = forward with labels -> backward
+    -> clip_grad_norm_(1.0) -> AdamW.step -> zero_grad, with the same AdamW hyperparameters.
+    Same batch shape, same peak, same median-of-steps timing.
+
+Run (on a quiet machine: the figures are only meaningful when nothing else is computing):
+    .venv/bin/python experiments/benchmarks/train_step.py
+    .venv/bin/python experiments/benchmarks/train_step.py --batch_size 8 --seq_len 512 \
+        --steps 5 --remat none --dtype float32 [--skip_torch]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax
+import numpy as np
+
+from t5x_lite import metrics, optimizers, partitioning, trainer as trainer_lib
+from t5x_lite.data import pipeline
+from t5x_lite.models.decoder import DecoderConfig, DecoderLM
+
+# gin_configs/models/decoder_50m.gin
+VOCAB, EMBED, LAYERS, HEADS, HEAD_DIM, MLP = 32128, 512, 8, 8, 64, 2048
+LEARNING_RATE = 3e-4
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seq_len", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+    parser.add_argument("--remat", default="none", help="t5x_lite remat_policy")
+    parser.add_argument("--dtype", default="float32", help="t5x_lite activation dtype")
+    parser.add_argument("--skip_torch", action="store_true", help="skip the transformers run")
+    return parser.parse_args()
+
+
+def make_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (batch_size, seq_len)
+    return {
+        "decoder_input_tokens": rng.integers(0, VOCAB, shape, dtype=np.int32),
+        "decoder_target_tokens": rng.integers(0, VOCAB, shape, dtype=np.int32),
+        "decoder_segment_ids": np.ones(shape, np.int32),
+        "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), shape).copy(),
+        "decoder_loss_weights": np.ones(shape, np.float32),
+    }
+
+
+def batch_shapes(batch_size: int, seq_len: int):
+    """Shapes of a plain decoder batch (`pipeline.batch_shapes`, or its successor in
+    `feature_converters` without the prefix-LM feature)."""
+    if hasattr(pipeline, "batch_shapes"):
+        return pipeline.batch_shapes(seq_len, batch_size)
+    from t5x_lite.data import feature_converters
+
+    return feature_converters.batch_shapes(
+        "decoder", {"targets": seq_len}, batch_size, bidirectional_inputs=False)
+
+
+def time_steps(step, steps: int) -> tuple[float, float]:
+    """(first call incl. compile, median of `steps` further calls), in seconds."""
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def bench_t5x(args, batch_np):
+    config = DecoderConfig(
+        vocab_size=VOCAB, embed_dim=EMBED, num_layers=LAYERS, num_heads=HEADS,
+        head_dim=HEAD_DIM, mlp_dim=MLP, tie_embeddings=True, dtype=args.dtype,
+        scan_layers=True, remat_policy=args.remat,
+    )
+    schedule = optimizers.constant(LEARNING_RATE)
+    mesh = partitioning.make_mesh((1, 1, 1))
+    trainer = trainer_lib.Trainer(
+        DecoderLM(config), optimizers.adamw(schedule), schedule, mesh,
+        partitioning.DEFAULT_RULES,
+        batch_shapes=batch_shapes(args.batch_size, args.seq_len),
+    )
+    state = trainer.create_state(seed=0)
+    batch = pipeline.global_batch(batch_np, trainer.batch_sharding)
+    params = metrics.count_params(state.params)
+    flops = metrics.flops_per_step(
+        state.params, tied_embeddings=True, num_layers=LAYERS, num_heads=HEADS,
+        head_dim=HEAD_DIM, sequence_length=args.seq_len,
+        tokens_per_step=args.batch_size * args.seq_len,
+    )
+    holder = {"state": state}
+
+    def step():  # the state is donated: keep only the newest
+        holder["state"], out = trainer.train_step(holder["state"], batch)
+        jax.block_until_ready((holder["state"], out))
+        holder["metrics"] = out
+
+    first, median = time_steps(step, args.steps)
+    loss = float(holder["metrics"]["loss"])
+    return params, flops, first, median, loss
+
+
+def bench_torch(args, batch_np):
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=EMBED, intermediate_size=MLP, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=HEADS, head_dim=HEAD_DIM,
+        max_position_embeddings=args.seq_len, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    model = transformers.LlamaForCausalLM(config).to(torch.float32).train()
+    params = sum(p.numel() for p in model.parameters())  # tied weight counted once
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8,
+    )
+    tokens = torch.from_numpy(batch_np["decoder_input_tokens"]).long()
+    holder = {}
+
+    def step():
+        loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        holder["loss"] = loss.item()
+
+    first, median = time_steps(step, args.steps)
+    return params, first, median, holder["loss"], torch.__version__, transformers.__version__
+
+
+def main():
+    args = parse_args()
+    tokens = args.batch_size * args.seq_len
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.device_count()} "
+          f"device), {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}")
+    print(f"batch {args.batch_size} x {args.seq_len} = {tokens:,} tokens/step, "
+          f"{args.steps} timed steps, remat={args.remat}, dtype={args.dtype}")
+    batch_np = make_batch(args.batch_size, args.seq_len)
+
+    params, flops, first, step_s, loss = bench_t5x(args, batch_np)
+    peak = metrics.measure_cpu_peak_flops()
+    print(f"\nmeasured CPU peak (2048^3 f32 matmul): {peak / 1e12:.4f} TFLOP/s")
+    print(f"\n== t5x_lite DecoderLM (decoder_50m.gin), Trainer.train_step")
+    print(f"parameters:            {params:,}")
+    print(f"model FLOPs per step:  {flops / 1e12:.4f} TFLOP")
+    print(f"compile + first step:  {first:.2f} s")
+    print(f"median step time:      {step_s:.3f} s   (loss {loss:.3f})")
+    print(f"tokens/s:              {tokens / step_s:,.0f}")
+    print(f"achieved:              {flops / step_s / 1e12:.4f} TFLOP/s")
+    print(f"MFU:                   {flops / step_s / peak:.1%}")
+
+    if args.skip_torch:
+        print("\n== transformers comparison skipped (--skip_torch)")
+        return
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as error:
+        print(f"\n== transformers comparison skipped ({error}); to enable it: "
+              f".venv/bin/pip install torch==2.13.0 transformers")
+        return
+    t_params, t_first, t_step, t_loss, t_ver, tf_ver = bench_torch(args, batch_np)
+    print(f"\n== transformers {tf_ver} LlamaForCausalLM, torch {t_ver}, float32, sdpa")
+    print(f"parameters:            {t_params:,}")
+    print(f"first step:            {t_first:.2f} s")
+    print(f"median step time:      {t_step:.3f} s   (loss {t_loss:.3f})")
+    print(f"tokens/s:              {tokens / t_step:,.0f}")
+    print(f"achieved:              {flops / t_step / 1e12:.4f} TFLOP/s (same model FLOPs)")
+    print(f"MFU:                   {flops / t_step / peak:.1%}")
+    print(f"\nt5x_lite / transformers throughput: {t_step / step_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Table-driven parameter conversion shared by the Hugging Face families (hf_t5, hf_llama, ...).
+
+A family lists one `Rule` per tensor: its transformers state-dict key, its path in our
+*unscanned* parameter tree (`layers_0`, `layers_1`, ...), and how the array is laid out on
+each side. Everything else (shape checks, scanned <-> unscanned layers, reporting keys nobody
+claimed) is done here once, so a family module is just its naming table.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+Path = tuple[str, ...]
+
+
+class Rule(NamedTuple):
+    """One tensor. kind:
+    'same'   identical layout (embeddings, norm scales);
+    'vector' HF keeps a flat vector, ours may split it ([heads*head_dim] <-> [heads, head_dim]);
+    'linear' torch.nn.Linear weight [out, in] <-> our kernel [*in_axes, *out_axes];
+    'conv1d' GPT-2's Conv1D weight [in, out] <-> our kernel [*in_axes, *out_axes].
+    `in_axes` is how many leading axes of our kernel are inputs (2 for attention `out`).
+    """
+
+    hf: str
+    ours: Path
+    kind: str = "same"
+    in_axes: int = 1
+
+
+def abstract_params(module: nn.Module):
+    """The module's params as a tree of ShapeDtypeStructs (nothing allocated)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    features = {"decoder_input_tokens": tokens}
+    if hasattr(module, "encode"):
+        features["encoder_input_tokens"] = tokens
+    return nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), **features))["params"])
+
+
+def param_shapes(module: nn.Module) -> dict[Path, tuple[int, ...]]:
+    """Flat {path: shape} of a module's parameters."""
+    return {p: x.shape for p, x in traverse_util.flatten_dict(abstract_params(module)).items()}
+
+
+def unscanned(module: nn.Module) -> nn.Module:
+    """The same model with unrolled layers: the layout the rule tables are written for."""
+    return module.clone(config=dataclasses.replace(module.config, scan_layers=False))
+
+
+def to_ours(tensors: Mapping[str, np.ndarray], rules: Sequence[Rule], module: nn.Module,
+            *, ignore: Iterable[str] = (), dtype=np.float32) -> dict:
+    """HF state dict -> our nested params for `module` (scanned if its config says so).
+
+    Raises if a rule's tensor is missing or has the wrong size, if one of our parameters has
+    no rule, or if the checkpoint holds a tensor neither claimed nor in `ignore` (which would
+    mean an architecture feature we do not model).
+    """
+    shapes = param_shapes(unscanned(module))
+    flat = {}
+    for rule in rules:
+        if rule.hf not in tensors:
+            raise KeyError(f"the checkpoint has no tensor {rule.hf!r} (needed for "
+                           f"{'/'.join(rule.ours)})")
+        flat[rule.ours] = _array_to_ours(np.asarray(tensors[rule.hf]), rule,
+                                         shapes[rule.ours]).astype(dtype)
+    unfilled = sorted("/".join(p) for p in set(shapes) - set(flat))
+    if unfilled:
+        raise ValueError(f"no checkpoint tensor maps to our parameters {unfilled}")
+    unused = sorted(set(tensors) - {r.hf for r in rules} - set(ignore))
+    if unused:
+        raise ValueError(f"the checkpoint has tensors this converter does not understand "
+                         f"(an unsupported architecture variant?): {unused[:8]}")
+    if module.config.scan_layers:
+        flat = stack_layers(flat)
+    return traverse_util.unflatten_dict(flat)
+
+
+def to_hf(params: Mapping, rules: Sequence[Rule], module: nn.Module,
+          dtype=np.float32) -> dict[str, np.ndarray]:
+    """Our params (scanned or not) -> HF state dict {key: contiguous numpy array}."""
+    flat = {p: np.asarray(jax.device_get(x)) for p, x in traverse_util.flatten_dict(
+        dict(params)).items()}
+    if module.config.scan_layers:
+        flat = unstack_layers(flat)
+    shapes = param_shapes(unscanned(module))
+    if set(flat) != set(shapes):
+        raise ValueError("the params do not match the model config: "
+                         f"{sorted('/'.join(p) for p in set(flat) ^ set(shapes))[:8]}")
+    return {r.hf: np.ascontiguousarray(_array_to_hf(flat[r.ours], r)).astype(dtype)
+            for r in rules}
+
+
+def _array_to_ours(x: np.ndarray, rule: Rule, shape: tuple[int, ...]) -> np.ndarray:
+    if rule.kind == "linear":
+        x = x.T
+    if x.size != int(np.prod(shape)):
+        raise ValueError(f"{rule.hf}: shape {x.shape} does not fit our "
+                         f"{'/'.join(rule.ours)} {shape}")
+    return x.reshape(shape)
+
+
+def _array_to_hf(x: np.ndarray, rule: Rule) -> np.ndarray:
+    if rule.kind in ("linear", "conv1d"):
+        x = x.reshape(int(np.prod(x.shape[:rule.in_axes])), -1)
+        return x.T if rule.kind == "linear" else x
+    return x.reshape(-1) if rule.kind == "vector" else x
+
+
+def _layer_index(name: str) -> int | None:
+    prefix, _, index = name.rpartition("_")
+    return int(index) if prefix == "layers" and index.isdigit() else None
+
+
+def stack_layers(flat: Mapping[Path, np.ndarray]) -> dict[Path, np.ndarray]:
+    """`.../layers_i/...` entries -> one `.../layers/...` entry stacked on a leading axis
+    (the layout `nn.scan` gives scanned parameters)."""
+    out, groups = {}, {}
+    for path, x in flat.items():
+        depth = next((d for d, name in enumerate(path) if _layer_index(name) is not None), None)
+        if depth is None:
+            out[path] = x
+            continue
+        key = path[:depth] + ("layers",) + path[depth + 1:]
+        groups.setdefault(key, {})[_layer_index(path[depth])] = x
+    for key, by_index in groups.items():
+        if sorted(by_index) != list(range(len(by_index))):
+            raise ValueError(f"layers of {'/'.join(key)} are not numbered 0..n-1")
+        out[key] = np.stack([by_index[i] for i in range(len(by_index))])
+    return out
+
+
+def unstack_layers(flat: Mapping[Path, np.ndarray]) -> dict[Path, np.ndarray]:
+    """Inverse of `stack_layers`: `.../layers/...` [n, ...] -> `.../layers_i/...`."""
+    out = {}
+    for path, x in flat.items():
+        if "layers" not in path:
+            out[path] = x
+            continue
+        depth = path.index("layers")
+        for i in range(x.shape[0]):
+            out[path[:depth] + (f"layers_{i}",) + path[depth + 1:]] = x[i]
+    return out
+
+
+# transformers activation names <-> ours (layers.ACTIVATIONS).
+HF_ACTIVATIONS = {
+    "relu": "relu",
+    "gelu_new": "gelu",  # tanh approximation
+    "gelu_pytorch_tanh": "gelu",
+    "gelu_fast": "gelu",
+    "gelu": "gelu_exact",
+    "silu": "silu",
+    "swish": "silu",
+}
+OUR_ACTIVATIONS = {"relu": "relu", "gelu": "gelu_new", "gelu_exact": "gelu", "silu": "silu"}
+
+
+def activation_from_hf(name: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise NotImplementedError(f"activation {name!r} has no t5x_lite equivalent "
+                                  f"(supported: {sorted(HF_ACTIVATIONS)})")
+    return HF_ACTIVATIONS[name]
+
+
+def activation_to_hf(name: str) -> str:
+    if name not in OUR_ACTIVATIONS:
+        raise NotImplementedError(f"activation {name!r} has no transformers equivalent")
+    return OUR_ACTIVATIONS[name]
