@@ -207,10 +207,17 @@ class SpanCorruption:
     mean_noise_span_length: float = 3.0
     eos_id: int = 1
     vocab_size: int | None = None
+    extra_ids: int = 100  # sentinels available; more spans would reuse real token ids
 
     def raw_length(self, feature_lengths: Mapping[str, int]) -> int:
         tokens_length, targets_length = random_spans_helper(
             feature_lengths["inputs"], self.noise_density, self.mean_noise_span_length)
+        spans = max(int(round(round(tokens_length * self.noise_density)
+                              / self.mean_noise_span_length)), 1)
+        if spans > self.extra_ids:
+            raise ValueError(
+                f"span corruption of {tokens_length} raw tokens makes {spans} noise spans but "
+                f"the vocabulary has only {self.extra_ids} sentinels; shorten the inputs")
         if "targets" in feature_lengths and feature_lengths["targets"] < targets_length:
             raise ValueError(
                 f"targets length {feature_lengths['targets']} is shorter than the "

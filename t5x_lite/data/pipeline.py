@@ -121,10 +121,11 @@ class ChunkTokens(grain.experimental.FlatMapTransform):
 
 
 def bind_vocabulary(objective: Objective, vocabulary: vocab_lib.Vocabulary) -> Objective:
-    """Fills an objective's `eos_id` / `vocab_size` fields from the vocabulary."""
+    """Fills an objective's `eos_id` / `vocab_size` / `extra_ids` fields from the vocabulary."""
     if dataclasses.is_dataclass(objective):
         fields = {f.name for f in dataclasses.fields(objective)}
-        values = {"eos_id": vocabulary.eos_id, "vocab_size": vocabulary.vocab_size}
+        values = {"eos_id": vocabulary.eos_id, "vocab_size": vocabulary.vocab_size,
+                  "extra_ids": vocabulary.extra_ids}
         return dataclasses.replace(objective, **{k: v for k, v in values.items() if k in fields})
     return objective
 
