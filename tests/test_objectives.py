@@ -476,8 +476,10 @@ def test_span_corruption_raw_length():
     assert objective.raw_length({"inputs": 512, "targets": 512}) == 568
     with pytest.raises(ValueError, match=r"targets length 113 .* 114"):
         objective.raw_length({"inputs": 512, "targets": 113})
-    dense = objectives.SpanCorruption(noise_density=0.5)
+    dense = objectives.SpanCorruption(noise_density=0.5, extra_ids=1000)
     assert dense.raw_length({"inputs": 512, "targets": 512}) == 766
+    with pytest.raises(ValueError, match="128 noise spans but the vocabulary has only 100"):
+        objectives.SpanCorruption(noise_density=0.5).raw_length({"inputs": 512, "targets": 512})
 
 
 @SETTINGS
@@ -488,7 +490,7 @@ def test_span_corruption_raw_length_chunks_fit_without_truncation(inputs_length,
     density, mean_span = params
     objective = objectives.SpanCorruption(noise_density=density,
                                           mean_noise_span_length=mean_span,
-                                          vocab_size=VOCAB_SIZE)
+                                          vocab_size=VOCAB_SIZE, extra_ids=10**6)
     _, targets_length = objectives.random_spans_helper(inputs_length, density, mean_span)
     lengths = {"inputs": inputs_length, "targets": targets_length + extra}
     raw = objective.raw_length(lengths)
