@@ -18,12 +18,17 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.11,<4",
     "tqdm>=4.70,<5",
     "filelock>=4.2,<5",
+    "safetensors>=0.8.0,<0.9",  # t5x-lite convert (numpy API: no torch needed)
+    "sacrebleu>=2.6.0,<3",  # evaluation.bleu
+    "rouge-score>=0.1.2,<0.2",  # evaluation.rouge (pulls in nltk; no nltk data is used)
 ]
 
 TEST_REQUIRES = [
     "pytest>=9.2,<10",
     "pytest-xdist>=3.8,<4",
     "hypothesis>=6.170,<7",
+    "torch==2.13.0",  # tests/test_interop.py: tiny transformers models on CPU
+    "transformers>=5.23.0,<5.24",
 ]
 
 setuptools.setup(

@@ -24,11 +24,16 @@ import orbax.checkpoint as ocp
 logger = logging.getLogger(__name__)
 
 
+def _absolute(path: str) -> str:
+    """orbax refuses relative paths; URLs (gs://...) are left alone."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, save_every: int, keep: int | None = 3,
                  async_save: bool = True):
         self.manager = ocp.CheckpointManager(
-            directory,
+            _absolute(directory),
             options=ocp.CheckpointManagerOptions(
                 save_interval_steps=save_every,
                 max_to_keep=keep,
@@ -96,7 +101,7 @@ class Checkpointer:
 def save_params(directory: str, params: Any) -> None:
     """Writes a params-only checkpoint to `directory` (replaced if it exists)."""
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.abspath(directory), params, force=True)
+        checkpointer.save(_absolute(directory), params, force=True)
         checkpointer.wait_until_finished()
 
 
@@ -104,7 +109,7 @@ def restore_params(directory: str, abstract_params: Any = None) -> Any:
     """Reads a params-only checkpoint: as numpy arrays, or into `abstract_params`'
     shapes, dtypes and (if they carry them) shardings."""
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(os.path.abspath(directory), abstract_params)
+        return checkpointer.restore(_absolute(directory), abstract_params)
 
 
 def restore_train_params(directory: str, abstract_params: Any, step: int | None = None):
@@ -112,9 +117,9 @@ def restore_train_params(directory: str, abstract_params: Any, step: int | None 
     arrays, skipping the optimizer state. Newest step unless `step` is given.
 
     Returns (step, params), or None when `directory` holds no checkpoint."""
-    if not os.path.isdir(directory):
+    if "://" not in directory and not os.path.isdir(directory):
         return None
-    manager = ocp.CheckpointManager(os.path.abspath(directory))
+    manager = ocp.CheckpointManager(_absolute(directory))
     steps = sorted(manager.all_steps())
     manager.close()
     if not steps:
@@ -122,7 +127,7 @@ def restore_train_params(directory: str, abstract_params: Any, step: int | None 
     step = steps[-1] if step is None else step
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_params)
     restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(os.path.abspath(directory), str(step), "state"),
+        os.path.join(_absolute(directory), str(step), "state"),
         args=ocp.args.PyTreeRestore(item={"params": abstract_params},
                                     restore_args={"params": as_numpy}, partial_restore=True),
     )

@@ -2,6 +2,8 @@
 
     t5x-lite train  --gin_file=quickstart/decoder_lm.gin --gin.TRAIN_STEPS=200
     t5x-lite params --gin_file=models/decoder_50m.gin
+    t5x-lite convert --from_hf HF_DIR --to MODEL_DIR      # transformers -> t5x_lite
+    t5x-lite convert --to_hf OUT_DIR --from MODEL_DIR     # t5x_lite -> transformers
 
 Every subcommand takes `--gin_file` (repeatable), `--gin.NAME=VALUE` (repeatable, applied
 after the files; later wins) and `--gin_search_paths`. A configuration mistake prints one
@@ -21,6 +23,11 @@ PARAMS_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.metrics as metrics
 metrics.parameter_counts.model = %MODEL"""
 
+# `convert --to_hf` of a training run: its gin MODEL is handed to export_hf.
+EXPORT_WIRING = """from __gin__ import dynamic_registration
+import t5x_lite.interop.convert as convert
+convert.export_hf.model = %MODEL"""
+
 # Keep jax/absl chatter out of the terminal unless asked for.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -35,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = {
         "train": "train a model (resumes from MODEL_DIR's latest checkpoint)",
         "params": "print parameter counts per top-level module, computed abstractly",
+        "convert": "import a transformers checkpoint (--from_hf DIR --to MODEL_DIR) or export "
+                   "one (--to_hf OUT_DIR --from MODEL_DIR)",
     }
     for name, help_text in commands.items():
         command = sub.add_parser(name, help=help_text)
@@ -44,7 +53,23 @@ def _parser() -> argparse.ArgumentParser:
                              help="comma-separated directories to find gin files in")
         command.add_argument("--verbose", action="store_true",
                              help="show tracebacks and library logs")
+        if name == "convert":
+            _convert_arguments(command)
     return parser
+
+
+def _convert_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--from_hf", metavar="HF_DIR",
+                         help="a transformers save_pretrained directory to import")
+    command.add_argument("--to", metavar="MODEL_DIR", help="where the import is written")
+    command.add_argument("--to_hf", metavar="OUT_DIR",
+                         help="where config.json + model.safetensors are written")
+    command.add_argument("--from", dest="from_dir", metavar="MODEL_DIR",
+                         help="an imported model directory or a training run to export")
+    command.add_argument("--unrolled", action="store_true",
+                         help="import with scan_layers=False (layers_0, layers_1, ...)")
+    command.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                         help="dtype of the exported tensors")
 
 
 def split_gin_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -82,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         search_paths = [p for p in args.gin_search_paths.split(",") if p]
+        if args.command == "convert":
+            return _convert(args, bindings, search_paths)
         extra = [PARAMS_WIRING] if args.command == "params" else []
         gin_config = config_lib.GinConfig(args.gin_file, extra + bindings, search_paths)
         if args.command == "train":
@@ -127,6 +154,47 @@ def _params(gin_config) -> int:
         if name != "total":
             print(f"{name:<{width}}  {count:>18,}")
     print(f"total_params: {counts['total']}")
+    return 0
+
+
+def _convert(args, bindings: list[str], search_paths: list[str]) -> int:
+    """Import needs no gin. Export takes the architecture from --gin_file(s) if given, else
+    MODEL_DIR/model_config.json (written by the import), else MODEL_DIR/config.gin (a
+    training run); the weights from the newest MODEL_DIR/checkpoints step, else
+    MODEL_DIR/params."""
+    from t5x_lite.interop import convert
+
+    if bool(args.from_hf) + bool(args.to_hf) != 1 or bool(args.from_hf) != bool(args.to) \
+            or bool(args.to_hf) != bool(args.from_dir):
+        raise SystemExit("t5x-lite convert: use --from_hf HF_DIR --to MODEL_DIR, or "
+                         "--to_hf OUT_DIR --from MODEL_DIR")
+    if args.from_hf:
+        module = convert.import_hf(args.from_hf, args.to, scan_layers=not args.unrolled)
+        print(f"wrote {type(module).__name__} to {args.to} "
+              f"(fine-tune with --gin_file={os.path.join(args.to, convert.MODEL_GIN)})")
+        return 0
+    model_dir = args.from_dir
+    gin_files = list(args.gin_file)
+    run_config = os.path.join(model_dir, "config.gin")
+    if not gin_files and not os.path.exists(os.path.join(model_dir, convert.MODEL_CONFIG)) \
+            and os.path.exists(run_config):
+        gin_files = [run_config]
+    if not gin_files:
+        convert.export_hf(model_dir, args.to_hf, dtype=args.dtype)
+    else:
+        from t5x_lite import config as config_lib
+
+        gin_config = config_lib.GinConfig(gin_files, [EXPORT_WIRING] + bindings, search_paths)
+        # A run fine-tuned from an import keeps the transformers config it came from.
+        init_from = config_lib.macro_value("INIT_FROM")
+        hf_config = None
+        if isinstance(init_from, str):
+            imported = os.path.dirname(os.path.normpath(init_from))
+            if os.path.exists(os.path.join(imported, convert.MODEL_CONFIG)):
+                hf_config = convert.read_model_config(imported)[1]
+        config_lib.call(gin_config, convert.export_hf, model_dir=model_dir,
+                        out_dir=args.to_hf, dtype=args.dtype, hf_config=hf_config)
+    print(f"wrote config.json and model.safetensors to {args.to_hf}")
     return 0
 
 

@@ -48,6 +48,7 @@ def train(
     objective=objectives.CausalLM(),
     bidirectional_inputs: bool = True,
     seed: int = 0,
+    init_from: str | None = None,
     log_every: int = 10,
     eval_every: int = 100,
     eval_batches: int = 8,
@@ -64,7 +65,9 @@ def train(
     `feature_lengths` are T5X's TASK_FEATURE_LENGTHS: {'targets': L} for a decoder-only model,
     {'inputs': Li, 'targets': Lt} for an encoder-decoder. `bidirectional_inputs` gives a
     decoder-only model bidirectional attention over an objective's inputs (prefix LM); with
-    False the inputs are read causally and only the loss skips them.
+    False the inputs are read causally and only the loss skips them. `init_from`, a
+    params-only checkpoint (e.g. from `t5x-lite convert`), gives a new run its initial
+    parameters; it is ignored once `model_dir` has a checkpoint to resume from.
     """
     check_arguments(train_steps=train_steps, batch_size=batch_size,
                     feature_lengths=feature_lengths, log_every=log_every,
@@ -106,6 +109,10 @@ def train(
     restored = ckpt.restore_latest(trainer.abstract_state_with_shardings(), train_iter)
     if restored is None:
         state, start_step = trainer.create_state(seed), 0
+        if init_from:
+            state = state.replace(params=checkpoints.restore_params(
+                init_from, trainer.abstract_state_with_shardings().params))
+            _say(f"initialised parameters from {init_from}")
     else:
         start_step, state = restored
         _say(f"resumed from checkpoint at step {start_step} in {model_dir}")

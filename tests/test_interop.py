@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -37,7 +36,7 @@ ENC_LENGTHS, DEC_LENGTHS = (40, 27, 13), (20, 15, 9)
 
 def _randomize(model, seed=0):
     """Weights of O(1) activations (transformers' own init makes near-zero logits, where a
-    1e-4 tolerance would prove little); an untied T5 head differs from the embedding."""
+    1e-4 tolerance would prove little)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -73,8 +72,9 @@ def seq2seq_logits_match(hf_model, module, params):
                        decoder_input_ids=torch.tensor(dec),
                        decoder_attention_mask=torch.tensor(dec_mask)).logits.numpy()
     # Padding, our way: segment id 0.
-    ours = np.asarray(module.apply({"params": params}, enc, dec, encoder_segment_ids=enc_mask,
-                                   decoder_segment_ids=dec_mask))
+    ours = np.asarray(jax.jit(module.apply)({"params": params}, enc, dec,
+                                            encoder_segment_ids=enc_mask,
+                                            decoder_segment_ids=dec_mask))
     return _max_diff(ours, ref, dec_mask)
 
 
@@ -84,7 +84,8 @@ def causal_logits_match(hf_model, module, params):
     with torch.no_grad():
         ref = hf_model(input_ids=torch.tensor(tokens),
                        attention_mask=torch.tensor(mask)).logits.numpy()
-    ours = np.asarray(module.apply({"params": params}, tokens, decoder_segment_ids=mask))
+    ours = np.asarray(jax.jit(module.apply)({"params": params}, tokens,
+                                            decoder_segment_ids=mask))
     return _max_diff(ours, ref, mask)
 
 
@@ -104,13 +105,20 @@ def _max_diff(ours, ref, mask):
 def test_import_t5(hf_kwargs, scan, tmp_path):
     hf_model = _randomize(transformers.T5ForConditionalGeneration(
         transformers.T5Config(**hf_kwargs)))
-    convert.import_hf(_save_hf(hf_model, tmp_path / "hf"), str(tmp_path / "ours"),
-                      scan_layers=scan)
+    if hf_kwargs is T5_V1_1 and scan:
+        # Like the released v1.1 checkpoints: an lm_head of its own. (Otherwise transformers 5
+        # keeps it tied to `shared` and saves no lm_head.weight: the unrolled case.)
+        hf_model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 32) * 32 ** -0.5)
+    hf_dir = _save_hf(hf_model, tmp_path / "hf")
+    convert.import_hf(hf_dir, str(tmp_path / "ours"), scan_layers=scan)
     module, params = interop.load_model(str(tmp_path / "ours"))
     cfg = module.config
     assert cfg.scan_layers == scan and ("layers" in params["encoder"]) == scan
     assert cfg.tie_embeddings == (hf_kwargs is T5_V1_0)
     assert cfg.mlp_activations == (("relu",) if hf_kwargs is T5_V1_0 else ("gelu", "linear"))
+    if hf_kwargs is T5_V1_1:
+        head = hf_model.lm_head.weight.detach().numpy().T
+        np.testing.assert_array_equal(params["lm_head"]["kernel"], head)
     seq2seq_logits_match(hf_model, module, params)
 
 
@@ -136,14 +144,24 @@ def test_import_decoder(model_type, scan, tmp_path):
 
 # ---------------------------------------------------------------------------------- export
 def _our_model_dir(path, module, seed=0):
-    """A model directory holding a randomly initialised model of ours."""
-    from t5x_lite import checkpoints
+    """A model directory holding a random model of ours (numpy draws, not `init`: no
+    compilation, and norm scales that are not all ones)."""
+    from flax import traverse_util
 
-    features = {"decoder_input_tokens": np.ones((1, 4), np.int32)}
-    if isinstance(module, encoder_decoder.EncoderDecoder):
-        features["encoder_input_tokens"] = np.ones((1, 4), np.int32)
-    params = nn.unbox(module.init(jax.random.key(seed), **features)["params"])
-    params = jax.tree.map(np.asarray, params)
+    from t5x_lite import checkpoints
+    from t5x_lite.interop import mapping
+
+    rng = np.random.default_rng(seed)
+    params = {}
+    for path_, x in traverse_util.flatten_dict(mapping.abstract_params(module)).items():
+        noise = rng.standard_normal(x.shape).astype(np.float32)
+        if path_[-1] == "scale":
+            params[path_] = 1.0 + 0.1 * noise
+        elif path_[-1] == "embedding":
+            params[path_] = noise
+        else:
+            params[path_] = 0.2 * noise
+    params = traverse_util.unflatten_dict(params)
     os.makedirs(path, exist_ok=True)
     checkpoints.save_params(os.path.join(path, convert.PARAMS_DIR), params)
     convert.write_model_config(str(path), module)
@@ -189,7 +207,8 @@ def test_cli_round_trip(tmp_path):
     hf_dir = _save_hf(hf_model, tmp_path / "hf")
     model_dir, out_dir = str(tmp_path / "ours"), str(tmp_path / "back")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    for args in (["--from_hf", hf_dir, "--to", model_dir], ["--to_hf", out_dir, "--from", model_dir]):
+    for args in (["--from_hf", hf_dir, "--to", model_dir],
+                 ["--to_hf", out_dir, "--from", model_dir]):
         result = subprocess.run([sys.executable, "-m", "t5x_lite.main", "convert", *args],
                                 capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr
@@ -200,3 +219,27 @@ def test_cli_round_trip(tmp_path):
         assert json.load(f)["num_key_value_heads"] == 2
     gin_text = open(os.path.join(model_dir, convert.MODEL_GIN)).read()
     assert "num_kv_heads = 2" in gin_text and "train_loop.train.init_from = %INIT_FROM" in gin_text
+
+
+# ---------------------------------------------------------------------------------- fine-tune
+def test_train_starts_from_an_import(tmp_path, data_dir, vocabulary):
+    """`train(init_from=MODEL_DIR/params)`: with a zero learning rate the run's checkpoint
+    holds exactly the imported weights, and `load_model` reads them from the run."""
+    from t5x_lite import optimizers, train_loop
+    from t5x_lite.data import pipeline
+
+    # The corpus vocabulary has 8,292 ids.
+    hf_model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**dict(LLAMA, vocab_size=8320)))
+    imported = str(tmp_path / "imported")
+    module = convert.import_hf(_save_hf(hf_model, tmp_path / "hf"), imported)
+    train_loop.train(
+        model_dir=str(tmp_path / "run"), model=module, vocabulary=vocabulary,
+        train_data=pipeline.DatasetConfig(data_dir=data_dir), optimizer=optimizers.adamw,
+        learning_rate=optimizers.constant(0.0), train_steps=1, batch_size=8,
+        feature_lengths={"targets": 32}, mesh_shape=(1, 1, 1), checkpoint_every=1,
+        progress_bar=False, peak_flops_per_device=1e12,
+        init_from=os.path.join(imported, convert.PARAMS_DIR))
+    _, expected = interop.load_model(imported)
+    _, trained = interop.load_model(str(tmp_path / "run"), module)
+    jax.tree.map(np.testing.assert_array_equal, trained, expected)

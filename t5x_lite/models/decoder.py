@@ -74,6 +74,7 @@ class DecoderBlock(nn.Module):
 
     config: DecoderConfig
     deterministic: bool = True
+    decode: str | None = None
 
     @nn.compact
     def __call__(self, x, mask, positions):
@@ -91,6 +92,7 @@ class DecoderBlock(nn.Module):
             dropout_rate=cfg.dropout_rate,
             dtype=dtype,
             param_dtype=param_dtype,
+            decode=self.decode,
             name="self_attention",
         )(h, h, mask, query_positions=positions, key_positions=positions,
           deterministic=self.deterministic)
@@ -110,9 +112,17 @@ class DecoderBlock(nn.Module):
 
 
 class DecoderLM(nn.Module):
-    """Causal language model returning float32 logits [batch, length, vocab]."""
+    """Causal language model returning float32 logits [batch, length, vocab].
+
+    With `decode='prefill'` / `'step'` the attention layers keep a key/value cache of
+    `max_decode_length` positions in the 'cache' collection (see decoding.py); positions then
+    say where each example's tokens go.
+    """
 
     config: DecoderConfig
+    decode: str | None = None
+    max_decode_length: int = 0
+    feature_converter = "decoder"  # which batch features the pipeline produces
 
     @nn.compact
     def __call__(
@@ -130,14 +140,17 @@ class DecoderLM(nn.Module):
         batch, length = decoder_input_tokens.shape
         if decoder_positions is None:
             decoder_positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        mask = layers.attention_mask(
-            decoder_segment_ids,
-            decoder_segment_ids,
-            causal=True,
-            query_length=length,
-            key_length=length,
-            bidirectional_prefix=decoder_causal_attention,
-        )
+        if self.decode is not None and not self.is_initializing():
+            mask = layers.decode_mask(decoder_positions, self.max_decode_length)
+        else:
+            mask = layers.attention_mask(
+                decoder_segment_ids,
+                decoder_segment_ids,
+                causal=True,
+                query_length=length,
+                key_length=length,
+                bidirectional_prefix=decoder_causal_attention,
+            )
 
         embed = layers.token_embedder(
             cfg.vocab_size, cfg.embed_dim, stddev=cfg.embedding_init_stddev,
@@ -154,7 +167,7 @@ class DecoderLM(nn.Module):
 
         run_blocks = layers.stack_blocks(
             DecoderBlock, cfg, cfg.num_layers, cfg.scan_layers, cfg.remat_policy, num_args=2,
-            deterministic=deterministic,
+            deterministic=deterministic, decode=self.decode,
         )
         x = run_blocks(x, mask, decoder_positions)
 

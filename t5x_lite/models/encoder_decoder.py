@@ -75,7 +75,8 @@ class EncoderDecoderConfig:
         return self.num_encoder_layers + self.num_decoder_layers
 
 
-def _attention(cfg: EncoderDecoderConfig, name: str) -> layers.Attention:
+def _attention(cfg: EncoderDecoderConfig, name: str, decode: str | None = None,
+               cross_attention: bool = False) -> layers.Attention:
     def query_init(key, shape, dtype=jnp.float32):
         return ATTENTION_KERNEL_INIT(key, shape, dtype) / np.sqrt(cfg.head_dim)
 
@@ -83,7 +84,8 @@ def _attention(cfg: EncoderDecoderConfig, name: str) -> layers.Attention:
         num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
         use_rope=False, scale_logits=False, dropout_rate=cfg.dropout_rate,
         dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-        kernel_init=ATTENTION_KERNEL_INIT, query_init=query_init, name=name,
+        kernel_init=ATTENTION_KERNEL_INIT, query_init=query_init, decode=decode,
+        cross_attention=cross_attention, name=name,
     )
 
 
@@ -123,17 +125,19 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     config: EncoderDecoderConfig
     deterministic: bool = True
+    decode: str | None = None
 
     @nn.compact
-    def __call__(self, y, encoded, self_mask, cross_mask, bias):
+    def __call__(self, y, encoded, self_mask, cross_mask, bias, positions):
         cfg = self.config
         h = _norm(cfg, "pre_self_attention_norm")(y)
-        h = _attention(cfg, "self_attention")(h, h, self_mask, bias=bias,
-                                              deterministic=self.deterministic)
+        h = _attention(cfg, "self_attention", self.decode)(
+            h, h, self_mask, query_positions=positions, bias=bias,
+            deterministic=self.deterministic)
         y = y + _dropout(cfg, h, self.deterministic)
         h = _norm(cfg, "pre_cross_attention_norm")(y)
-        h = _attention(cfg, "cross_attention")(h, encoded, cross_mask,
-                                               deterministic=self.deterministic)
+        h = _attention(cfg, "cross_attention", self.decode, cross_attention=True)(
+            h, encoded, cross_mask, deterministic=self.deterministic)
         y = y + _dropout(cfg, h, self.deterministic)
         h = _mlp(cfg)(_norm(cfg, "pre_mlp_norm")(y), deterministic=self.deterministic)
         y = y + _dropout(cfg, h, self.deterministic)
@@ -170,25 +174,40 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     config: EncoderDecoderConfig
+    decode: str | None = None
+    max_decode_length: int = 0
 
     @nn.compact
     def __call__(self, embedded, encoded, segment_ids, positions, encoder_segment_ids,
                  deterministic: bool):
         cfg = self.config
         length, encoded_length = embedded.shape[1], encoded.shape[1]
-        self_mask = layers.attention_mask(segment_ids, segment_ids, causal=True,
-                                          query_length=length, key_length=length)
-        cross_mask = layers.attention_mask(segment_ids, encoder_segment_ids, causal=False,
-                                           query_length=length, key_length=encoded_length)
+        key_positions = positions
+        if self.decode is not None and not self.is_initializing():
+            # Cached decoding: queries see the cache slots up to their own position.
+            self_mask = layers.decode_mask(positions, self.max_decode_length)
+            key_positions = jnp.broadcast_to(jnp.arange(self.max_decode_length),
+                                             (positions.shape[0], self.max_decode_length))
+            segment_ids = jnp.ones_like(positions)
+        else:
+            self_mask = layers.attention_mask(segment_ids, segment_ids, causal=True,
+                                              query_length=length, key_length=length)
+        if segment_ids is None and encoder_segment_ids is not None:
+            # Unpacked targets over a padded encoder batch: mask only the encoder's padding.
+            cross_mask = (encoder_segment_ids > 0)[:, None, None, :]
+        else:
+            cross_mask = layers.attention_mask(segment_ids, encoder_segment_ids, causal=False,
+                                               query_length=length, key_length=encoded_length)
         bias = layers.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets,
             cfg.relative_attention_max_distance, bidirectional=False,
             dtype=jnp.dtype(cfg.dtype), name="relpos_bias",
-        )(positions, positions)
+        )(positions, key_positions)
         y = _dropout(cfg, embedded, deterministic)
         y = layers.stack_blocks(DecoderLayer, cfg, cfg.num_decoder_layers, cfg.scan_layers,
-                                cfg.remat_policy, num_args=4, deterministic=deterministic)(
-            y, encoded, self_mask, cross_mask, bias)
+                                cfg.remat_policy, num_args=5, deterministic=deterministic,
+                                decode=self.decode)(
+            y, encoded, self_mask, cross_mask, bias, positions)
         return _dropout(cfg, _norm(cfg, "final_norm")(y), deterministic)
 
 
@@ -196,6 +215,8 @@ class EncoderDecoder(nn.Module):
     """T5-style model returning float32 decoder logits [batch, target_length, vocab]."""
 
     config: EncoderDecoderConfig
+    decode: str | None = None  # cached decoding: 'prefill' or 'step' (see decoding.py)
+    max_decode_length: int = 0
     feature_converter = "encoder_decoder"  # which batch features the pipeline produces
 
     def setup(self):
@@ -204,7 +225,7 @@ class EncoderDecoder(nn.Module):
         self.token_embed = layers.token_embedder(cfg.vocab_size, cfg.embed_dim,
                                                  dtype=dtype, param_dtype=param_dtype)
         self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.decoder = Decoder(cfg, self.decode, self.max_decode_length)
         if not cfg.tie_embeddings:
             self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), dtype=dtype,
                                         param_dtype=param_dtype, kernel_init=MLP_KERNEL_INIT)
@@ -216,7 +237,7 @@ class EncoderDecoder(nn.Module):
         embedded = layers.constrain(embedded, ("batch", "length", "embed"))
         return self.encoder(embedded, encoder_segment_ids, positions, deterministic)
 
-    def decode(self, encoded, decoder_input_tokens, encoder_segment_ids=None,
+    def decoder_logits(self, encoded, decoder_input_tokens, encoder_segment_ids=None,
                decoder_segment_ids=None, decoder_positions=None, *, deterministic: bool = True):
         positions = _default_positions(decoder_input_tokens, decoder_positions)
         embedded = layers.constrain(self.token_embed(decoder_input_tokens),
@@ -243,5 +264,5 @@ class EncoderDecoder(nn.Module):
     ) -> jax.Array:
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                               deterministic=deterministic)
-        return self.decode(encoded, decoder_input_tokens, encoder_segment_ids,
+        return self.decoder_logits(encoded, decoder_input_tokens, encoder_segment_ids,
                            decoder_segment_ids, decoder_positions, deterministic=deterministic)

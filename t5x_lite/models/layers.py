@@ -172,6 +172,13 @@ def attention_mask(
     return None if mask is None else mask[:, None, :, :]
 
 
+def decode_mask(query_positions: jax.Array, cache_length: int) -> jax.Array:
+    """[batch, 1, q, cache]: with a key/value cache, a query sees the cache slots at or before
+    its own position (later slots hold stale or padding entries)."""
+    slots = jnp.arange(cache_length)
+    return (slots[None, None, :] <= query_positions[:, :, None])[:, None]
+
+
 class Attention(nn.Module):
     """Multi-head attention with optional grouped-query heads (num_kv_heads < num_heads).
 
@@ -192,6 +199,11 @@ class Attention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
     query_init: Initializer | None = None
+    # Cached decoding: None (training / scoring), 'prefill' (write the prompt's keys and
+    # values, or a cross-attention's projected encoder outputs, into the 'cache' collection)
+    # or 'step' (append one position; cross-attention reuses what prefill stored).
+    decode: str | None = None
+    cross_attention: bool = False
 
     @nn.compact
     def __call__(
@@ -210,53 +222,62 @@ class Attention(nn.Module):
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        query = dense(
-            (self.num_heads, self.head_dim),
-            ("embed", "heads", "kv"),
-            kernel_init=self.query_init or self.kernel_init,
-            name="query",
-            **common,
-        )(inputs_q)
-        key = dense(
-            (self.num_kv_heads, self.head_dim),
-            ("embed", "kv_heads", "kv"),
-            kernel_init=self.kernel_init,
-            name="key",
-            **common,
-        )(inputs_kv)
-        value = dense(
-            (self.num_kv_heads, self.head_dim),
-            ("embed", "kv_heads", "kv"),
-            kernel_init=self.kernel_init,
-            name="value",
-            **common,
-        )(inputs_kv)
-        if self.use_rope:
-            query = apply_rope(query, query_positions, self.rope_theta)
-            key = apply_rope(key, key_positions, self.rope_theta)
+        query_layer = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"),
+                            kernel_init=self.query_init or self.kernel_init, name="query",
+                            **common)
+        key_layer = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"),
+                          kernel_init=self.kernel_init, name="key", **common)
+        value_layer = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"),
+                            kernel_init=self.kernel_init, name="value", **common)
+        out_layer = dense(inputs_q.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1),
+                          kernel_init=self.kernel_init, name="out", **common)
+        query = query_layer(inputs_q)
+        if self.decode is not None and self.cross_attention:
+            key, value = self._cached_projection(inputs_kv, key_layer, value_layer)
+        else:
+            key, value = key_layer(inputs_kv), value_layer(inputs_kv)
+            if self.use_rope:
+                query = apply_rope(query, query_positions, self.rope_theta)
+                key = apply_rope(key, key_positions, self.rope_theta)
+            if self.decode is not None:
+                key, value = self._update_cache(key, value, query_positions)
         query = constrain(query, ("batch", "length", "heads", "kv"))
         key = constrain(key, ("batch", "length", "heads", "kv"))
         value = constrain(value, ("batch", "length", "heads", "kv"))
         if bias is not None:
             bias = bias.astype(self.dtype)
         out = jax.nn.dot_product_attention(
-            query,
-            key,
-            value,
-            bias=bias,
-            mask=mask,
-            scale=None if self.scale_logits else 1.0,
-        )
-        out = constrain(out, ("batch", "length", "heads", "kv"))
-        out = dense(
-            inputs_q.shape[-1],
-            ("heads", "kv", "embed"),
-            axis=(-2, -1),
-            kernel_init=self.kernel_init,
-            name="out",
-            **common,
-        )(out)
+            query, key, value, bias=bias, mask=mask, scale=None if self.scale_logits else 1.0)
+        out = out_layer(constrain(out, ("batch", "length", "heads", "kv")))
         return nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(out, deterministic=deterministic)
+
+    def _update_cache(self, key, value, positions):
+        """Writes this call's keys/values at their positions; returns the whole cache.
+
+        The cache is created (zeros, at the length of the inputs `init` sees) when the model is
+        initialised in decode mode; afterwards each example writes at its own positions, so a
+        batch may hold prompts of different lengths (right-padded).
+        """
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        if not initialized:
+            return key, value
+        write = jax.vmap(lambda cache, new, start: jax.lax.dynamic_update_slice(
+            cache, new.astype(cache.dtype), (start, 0, 0)))
+        cached_key.value = write(cached_key.value, key, positions[:, 0])
+        cached_value.value = write(cached_value.value, value, positions[:, 0])
+        return cached_key.value, cached_value.value
+
+    def _cached_projection(self, encoded, key_layer, value_layer):
+        """A cross-attention's encoder keys/values, projected once at prefill and reused."""
+        shape = encoded.shape[:2] + (self.num_kv_heads, self.head_dim)
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
+        if self.decode == "prefill" or self.is_initializing():
+            cached_key.value = key_layer(encoded).astype(self.dtype)
+            cached_value.value = value_layer(encoded).astype(self.dtype)
+        return cached_key.value, cached_value.value
 
 
 class Mlp(nn.Module):
@@ -386,7 +407,7 @@ def stack_blocks(block_cls, config, num_layers: int, scan: bool, remat_policy: s
     if scan:
         scanned = nn.scan(
             block_cls,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, "cache": 0},
             split_rngs={"params": True, "dropout": True},
             in_axes=(nn.broadcast,) * num_args,
             length=num_layers,

@@ -1,0 +1,370 @@
+"""Cached autoregressive decoding: greedy, temperature / top-k / top-p sampling, beam search.
+
+Both architectures decode the same way:
+  1. (encoder-decoder) the encoder runs once; each cross-attention projects its keys and
+     values once, at prefill, into the 'cache' collection;
+  2. prefill: the prompts (right-padded, of any lengths) go through the model in one pass,
+     writing every layer's keys/values at their positions;
+  3. a compiled `lax.while_loop` feeds one token per step, each example at its own position,
+     until every sequence has produced EOS or `max_new_tokens` tokens.
+`decode_uncached` recomputes the whole sequence each step: the slow, obviously correct
+reference the tests compare against.
+
+Inputs are lists of token ids; outputs are dicts of numpy arrays (`tokens` [batch, samples or
+beams, max_new_tokens], padded with 0 after EOS; `scores`, the log-probability of each
+sequence under the model, length-penalised for beam search).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NEG_INF = -1e10
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """How to pick tokens. temperature 0 is greedy; `beam_size` > 1 is beam search.
+
+    `top_k` keeps the k most likely tokens, `top_p` the smallest set whose probability reaches
+    p (nucleus sampling, Holtzman et al. 2020). `length_penalty_alpha` is T5's / GNMT's
+    ((5 + length) / 6) ** alpha (Wu et al. 2016) for beam search.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    num_samples: int = 1
+    beam_size: int = 1
+    length_penalty_alpha: float = 0.6
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"bad sampling settings {self}")
+        if self.beam_size > 1 and self.num_samples > 1:
+            raise ValueError("num_samples applies to sampling; beam search returns beam_size")
+
+
+def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Sets logits outside the top-k / nucleus to -inf (the most likely token always stays)."""
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, NEG_INF, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass of the strictly more likely tokens
+        cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1,
+                         keepdims=True)
+        logits = jnp.where(logits < cutoff, NEG_INF, logits)
+    return logits
+
+
+def choose_tokens(logits: jax.Array, keys: jax.Array, strategy: Strategy) -> jax.Array:
+    """One token per row: argmax, or a sample from the filtered, tempered distribution."""
+    if strategy.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = filter_logits(logits / strategy.temperature, strategy.top_k, strategy.top_p)
+    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------- model adapters
+@functools.lru_cache(maxsize=32)
+def _adapter(module_type, config, max_length: int) -> "_Adapter":
+    """One adapter per (architecture, config, length), so jitted loops compile once."""
+    return _Adapter(module_type(config), max_length)
+
+
+class _Adapter:
+    """Prefill/step calls for one architecture, with the cache in the 'cache' collection."""
+
+    def __init__(self, module: nn.Module, max_length: int):
+        self.module = module
+        self.max_length = max_length
+        self.prefill_module = module.clone(decode="prefill", max_decode_length=max_length)
+        self.step_module = module.clone(decode="step", max_decode_length=max_length)
+        self.encoder_decoder = getattr(module, "feature_converter", "decoder") == "encoder_decoder"
+        self.layer_batch_axis = 1 if module.config.scan_layers else 0
+
+
+def _init_cache(adapter: _Adapter, params, batch: int, encoded_length: int | None):
+    tokens = jnp.zeros((batch, adapter.max_length), jnp.int32)
+    if adapter.encoder_decoder:
+        encoder_tokens = jnp.zeros((batch, encoded_length), jnp.int32)
+        shapes = jax.eval_shape(
+            lambda: adapter.prefill_module.init(jax.random.key(0), encoder_tokens, tokens))
+    else:
+        shapes = jax.eval_shape(lambda: adapter.prefill_module.init(jax.random.key(0), tokens))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+def _prefill(adapter: _Adapter, params, cache, prompt, prompt_lengths, encoder_inputs):
+    """Runs the prompt; returns (logits at each prompt's last token, cache, extra state)."""
+    variables = {"params": params, "cache": cache}
+    batch, length = prompt.shape
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    if adapter.encoder_decoder:
+        encoder_segments = (encoder_inputs > 0).astype(jnp.int32)
+        encoded = adapter.module.apply({"params": params}, encoder_inputs, encoder_segments,
+                                       method=adapter.module.encode)
+        logits, mutated = adapter.prefill_module.apply(
+            variables, encoded, prompt, encoder_segments, None, positions,
+            method=adapter.prefill_module.decoder_logits, mutable=["cache"])
+        extra = (encoded, encoder_segments)
+    else:
+        logits, mutated = adapter.prefill_module.apply(
+            variables, prompt, None, positions, mutable=["cache"])
+        extra = ()
+    last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+    return last, mutated["cache"], extra
+
+
+def _step(adapter: _Adapter, params, cache, tokens, positions, extra):
+    variables = {"params": params, "cache": cache}
+    if adapter.encoder_decoder:
+        encoded, encoder_segments = extra
+        logits, mutated = adapter.step_module.apply(
+            variables, encoded, tokens[:, None], encoder_segments, None, positions[:, None],
+            method=adapter.step_module.decoder_logits, mutable=["cache"])
+    else:
+        logits, mutated = adapter.step_module.apply(
+            variables, tokens[:, None], None, positions[:, None], mutable=["cache"])
+    return logits[:, 0], mutated["cache"]
+
+
+def _pad(rows: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
+    length = length or max(1, max(len(r) for r in rows))
+    out = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row[:length]
+    return out
+
+
+def _prompts(adapter, prompts, encoder_inputs):
+    """Decoder prompts (BOS=0 for an encoder-decoder) and their lengths."""
+    if adapter.encoder_decoder:
+        return np.zeros((len(encoder_inputs), 1), np.int32), np.ones(len(encoder_inputs), np.int32)
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    if (lengths == 0).any():
+        raise ValueError("every decoder-only prompt needs at least one token")
+    return _pad(prompts), lengths
+
+
+# --------------------------------------------------------------------------- search loops
+@functools.partial(jax.jit, static_argnames=("adapter", "strategy", "max_new_tokens", "eos_id"))
+def _sample_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, seeds, *,
+                 strategy, max_new_tokens, eos_id):
+    batch = prompt.shape[0]
+    encoded_length = None if encoder_inputs is None else encoder_inputs.shape[1]
+    cache = _init_cache(adapter, params, batch, encoded_length)
+    logits, cache, extra = _prefill(adapter, params, cache, prompt, prompt_lengths,
+                                    encoder_inputs)
+    keys = jax.vmap(jax.random.key)(seeds)
+
+    def pick(logits, step):
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+        token = choose_tokens(logits, step_keys, strategy)
+        log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], -1)[:, 0]
+        return token, log_prob
+
+    token, log_prob = pick(logits, 0)
+    out = jnp.zeros((batch, max_new_tokens), jnp.int32).at[:, 0].set(token)
+    state = dict(step=1, token=token, out=out, done=token == eos_id, score=log_prob,
+                 position=prompt_lengths, cache=cache)
+
+    def cond(s):
+        return (s["step"] < max_new_tokens) & ~jnp.all(s["done"])
+
+    def body(s):
+        logits, cache = _step(adapter, params, s["cache"], s["token"], s["position"], extra)
+        token, log_prob = pick(logits, s["step"])
+        token = jnp.where(s["done"], 0, token)
+        out = s["out"].at[:, s["step"]].set(token)
+        return dict(step=s["step"] + 1, token=token, out=out,
+                    done=s["done"] | (token == eos_id),
+                    score=s["score"] + jnp.where(s["done"], 0.0, log_prob),
+                    position=s["position"] + 1, cache=cache)
+
+    final = jax.lax.while_loop(cond, body, state)
+    return final["out"], final["score"]
+
+
+def length_penalty(length, alpha: float):
+    """GNMT / T5 beam-search length normalisation: ((5 + length) / 6) ** alpha."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@functools.partial(jax.jit, static_argnames=("adapter", "beam_size", "alpha", "max_new_tokens",
+                                             "eos_id"))
+def _beam_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, *, beam_size, alpha,
+               max_new_tokens, eos_id):
+    """Beam search; finished hypotheses leave the live beams and compete on penalised score."""
+    batch = prompt.shape[0]
+    repeat = lambda x: jnp.repeat(x, beam_size, axis=0)
+    prompt, prompt_lengths = repeat(prompt), repeat(prompt_lengths)
+    encoder_inputs = None if encoder_inputs is None else repeat(encoder_inputs)
+    encoded_length = None if encoder_inputs is None else encoder_inputs.shape[1]
+    cache = _init_cache(adapter, params, batch * beam_size, encoded_length)
+    logits, cache, extra = _prefill(adapter, params, cache, prompt, prompt_lengths,
+                                    encoder_inputs)
+    vocab = logits.shape[-1]
+    # Only the first beam of each example is live at the start (the others are copies).
+    live_scores = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (beam_size - 1)), (batch, 1))
+    state = dict(
+        step=0, logits=logits, cache=cache, position=prompt_lengths,
+        live_tokens=jnp.zeros((batch, beam_size, max_new_tokens), jnp.int32),
+        live_scores=live_scores,
+        finished_tokens=jnp.zeros((batch, beam_size, max_new_tokens), jnp.int32),
+        finished_scores=jnp.full((batch, beam_size), NEG_INF),
+    )
+    batch_axis = adapter.layer_batch_axis
+
+    def reorder_cache(cache, flat_beams):
+        return jax.tree.map(lambda x: jnp.take(x, flat_beams, axis=batch_axis), cache)
+
+    def cond(s):
+        best_possible = s["live_scores"][:, 0] / length_penalty(max_new_tokens, alpha)
+        worst_finished = jnp.min(s["finished_scores"], axis=1)
+        improvable = best_possible > worst_finished
+        return (s["step"] < max_new_tokens) & jnp.any(improvable | (worst_finished <= NEG_INF))
+
+    def body(s):
+        step = s["step"]
+        log_probs = jax.nn.log_softmax(s["logits"]).reshape(batch, beam_size, vocab)
+        candidates = (s["live_scores"][:, :, None] + log_probs).reshape(batch, -1)
+        # 2k candidates: enough to keep k live ones even if k of them end here.
+        top_scores, top_ids = jax.lax.top_k(candidates, 2 * beam_size)
+        beam, token = top_ids // vocab, (top_ids % vocab).astype(jnp.int32)
+        tokens = jnp.take_along_axis(s["live_tokens"], beam[:, :, None], axis=1)
+        tokens = tokens.at[:, :, step].set(token)
+        is_eos = token == eos_id
+        # Finished: merge the new EOS hypotheses into the finished set by penalised score.
+        new_finished = jnp.where(is_eos, top_scores / length_penalty(step + 1, alpha), NEG_INF)
+        all_finished = jnp.concatenate([s["finished_scores"], new_finished], axis=1)
+        all_finished_tokens = jnp.concatenate([s["finished_tokens"], tokens], axis=1)
+        keep = jax.lax.top_k(all_finished, beam_size)[1]
+        finished_scores = jnp.take_along_axis(all_finished, keep, axis=1)
+        finished_tokens = jnp.take_along_axis(all_finished_tokens, keep[:, :, None], axis=1)
+        # Live: the best k candidates that did not end.
+        live_candidates = jnp.where(is_eos, NEG_INF, top_scores)
+        live_scores, keep = jax.lax.top_k(live_candidates, beam_size)
+        live_tokens = jnp.take_along_axis(tokens, keep[:, :, None], axis=1)
+        parent = jnp.take_along_axis(beam, keep, axis=1)
+        flat_parent = (parent + jnp.arange(batch)[:, None] * beam_size).reshape(-1)
+        cache = reorder_cache(s["cache"], flat_parent)
+        next_tokens = jnp.take_along_axis(token, keep, axis=1).reshape(-1)
+        logits, cache = _step(adapter, params, cache, next_tokens, s["position"], extra)
+        return dict(step=step + 1, logits=logits, cache=cache, position=s["position"] + 1,
+                    live_tokens=live_tokens, live_scores=live_scores,
+                    finished_tokens=finished_tokens, finished_scores=finished_scores)
+
+    final = jax.lax.while_loop(cond, body, state)
+    # Hypotheses still live at the end compete too (penalised at the maximum length), so an
+    # example with fewer than beam_size finished ones is filled with its best live beams.
+    live_penalised = jnp.where(final["live_scores"] <= NEG_INF / 2, NEG_INF,
+                               final["live_scores"] / length_penalty(max_new_tokens, alpha))
+    scores = jnp.concatenate([final["finished_scores"], live_penalised], axis=1)
+    tokens = jnp.concatenate([final["finished_tokens"], final["live_tokens"]], axis=1)
+    scores, keep = jax.lax.top_k(scores, beam_size)
+    return jnp.take_along_axis(tokens, keep[:, :, None], axis=1), scores
+
+
+# --------------------------------------------------------------------------- public API
+def decode(
+    module: nn.Module,
+    params: Any,
+    prompts: Sequence[Sequence[int]] | None = None,
+    *,
+    encoder_inputs: Sequence[Sequence[int]] | None = None,
+    strategy: Strategy = Strategy(),
+    max_new_tokens: int = 32,
+    eos_id: int = 1,
+    seeds: Sequence[int] | int = 0,
+    mesh=None,
+    logical_axis_rules=None,
+) -> dict[str, np.ndarray]:
+    """Generates continuations of `prompts` (decoder-only) or targets for `encoder_inputs`.
+
+    Returns {'tokens': [batch, n, max_new_tokens], 'scores': [batch, n]} with n = num_samples
+    (sampling, greedy) or beam_size (beam search, best first). With a `mesh` (and the
+    training rules), activations and caches are sharded as in training; pass params sharded
+    as the train state holds them.
+    """
+    if mesh is None:
+        return _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens,
+                       eos_id, seeds)
+    from t5x_lite.trainer import mesh_and_rules  # the same context the train step uses
+
+    with mesh_and_rules(mesh, tuple(tuple(r) for r in logical_axis_rules)):
+        return _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens,
+                       eos_id, seeds)
+
+
+def _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens, eos_id, seeds):
+    encoder_decoder = getattr(module, "feature_converter", "decoder") == "encoder_decoder"
+    if encoder_decoder and encoder_inputs is None:
+        raise ValueError("an encoder-decoder model decodes from encoder_inputs")
+    rows = encoder_inputs if encoder_decoder else prompts
+    batch = len(rows)
+    prompt_length = 1 if encoder_decoder else max(len(p) for p in prompts)
+    adapter = _adapter(type(module), module.config, prompt_length + max_new_tokens)
+    encoder_array = jnp.asarray(_pad(encoder_inputs)) if encoder_decoder else None
+    prompt, lengths = _prompts(adapter, prompts, encoder_inputs)
+    if strategy.beam_size > 1:
+        tokens, scores = _beam_loop(adapter, params, jnp.asarray(prompt), jnp.asarray(lengths),
+                                    encoder_array, beam_size=strategy.beam_size,
+                                    alpha=strategy.length_penalty_alpha,
+                                    max_new_tokens=max_new_tokens, eos_id=eos_id)
+        order = jnp.argsort(-scores, axis=1)
+        tokens = jnp.take_along_axis(tokens, order[:, :, None], axis=1)
+        scores = jnp.take_along_axis(scores, order, axis=1)
+        return {"tokens": _after_eos_zeroed(np.asarray(tokens), eos_id),
+                "scores": np.asarray(scores)}
+    n = strategy.num_samples
+    seeds = np.broadcast_to(np.asarray(seeds, np.int64), (batch,))
+    # Sample j of prompt i uses seed (seed_i, j): reproducible per request.
+    sample_seeds = np.asarray([hash((int(s), j)) % (2**31) for s in seeds for j in range(n)],
+                              np.uint32)
+    tile = lambda x: None if x is None else jnp.repeat(jnp.asarray(x), n, axis=0)
+    tokens, scores = _sample_loop(adapter, params, tile(prompt), tile(lengths),
+                                  tile(encoder_array), jnp.asarray(sample_seeds),
+                                  strategy=strategy, max_new_tokens=max_new_tokens,
+                                  eos_id=eos_id)
+    return {"tokens": _after_eos_zeroed(np.asarray(tokens).reshape(batch, n, -1), eos_id),
+            "scores": np.asarray(scores).reshape(batch, n)}
+
+
+def _after_eos_zeroed(tokens: np.ndarray, eos_id: int) -> np.ndarray:
+    after = np.cumsum(tokens == eos_id, axis=-1) - (tokens == eos_id) > 0
+    return np.where(after, 0, tokens)
+
+
+def decode_uncached(module, params, prompts=None, *, encoder_inputs=None,
+                    max_new_tokens: int = 32, eos_id: int = 1) -> np.ndarray:
+    """Greedy decoding by full recomputation each step: the reference for the cached path."""
+    encoder_decoder = getattr(module, "feature_converter", "decoder") == "encoder_decoder"
+    rows = encoder_inputs if encoder_decoder else prompts
+    outputs = []
+    apply = jax.jit(module.apply)
+    for index in range(len(rows)):
+        generated: list[int] = []
+        for _ in range(max_new_tokens):
+            if encoder_decoder:
+                source = jnp.asarray([encoder_inputs[index]], jnp.int32)
+                target = jnp.asarray([[0] + generated], jnp.int32)
+                logits = apply({"params": params}, source, target)
+            else:
+                logits = apply({"params": params},
+                               jnp.asarray([list(prompts[index]) + generated], jnp.int32))
+            token = int(jnp.argmax(logits[0, -1]))
+            generated.append(token)
+            if token == eos_id:
+                break
+        outputs.append(generated + [0] * (max_new_tokens - len(generated)))
+    return np.asarray(outputs, np.int32)
