@@ -18,6 +18,23 @@ import sys
 import traceback
 
 EXIT_CONFIG_ERROR = 2
+# Each inference command runs on the MODEL, VOCABULARY and MODEL_DIR the gin files define;
+# anything else (decoding.Strategy.*, inference.infer.max_new_tokens, ...) is a --gin flag.
+_INFERENCE_WIRING = """from __gin__ import dynamic_registration
+import t5x_lite.inference as inference
+import t5x_lite.decoding as decoding
+inference.{fn}.model = %MODEL
+inference.{fn}.vocabulary = %VOCABULARY
+inference.{fn}.model_dir = %MODEL_DIR
+"""
+WIRING = {
+    "infer": _INFERENCE_WIRING.format(fn="infer") + "inference.infer.strategy = @decoding.Strategy()",
+    "score": _INFERENCE_WIRING.format(fn="score"),
+    "eval": _INFERENCE_WIRING.format(fn="evaluate") + "\n".join([
+        "inference.evaluate.eval_data = %EVAL_DATA",
+        "inference.evaluate.feature_lengths = %TASK_FEATURE_LENGTHS",
+        "inference.evaluate.objective = %OBJECTIVE"]),
+}
 # `params` counts whatever model the files bind to the MODEL macro.
 PARAMS_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.metrics as metrics
@@ -44,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         "params": "print parameter counts per top-level module, computed abstractly",
         "convert": "import a transformers checkpoint (--from_hf DIR --to MODEL_DIR) or export "
                    "one (--to_hf OUT_DIR --from MODEL_DIR)",
+        "infer": "generate for each {\"inputs\": ...} line of --input into --output (JSONL)",
+        "score": "log-likelihood of each line's targets given its inputs (JSONL in and out)",
+        "eval": "loss/perplexity/accuracy on EVAL_DATA; exact match, BLEU, ROUGE with --input",
     }
     for name, help_text in commands.items():
         command = sub.add_parser(name, help=help_text)
@@ -55,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
                              help="show tracebacks and library logs")
         if name == "convert":
             _convert_arguments(command)
+        if name in ("infer", "score", "eval"):
+            command.add_argument("--input", required=name != "eval",
+                                 help="JSONL input file")
+            command.add_argument("--output", required=name != "eval",
+                                 help="JSONL output file (written atomically)")
     return parser
 
 
@@ -109,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         search_paths = [p for p in args.gin_search_paths.split(",") if p]
         if args.command == "convert":
             return _convert(args, bindings, search_paths)
-        extra = [PARAMS_WIRING] if args.command == "params" else []
+        extra = [WIRING.get(args.command, PARAMS_WIRING)] if args.command != "train" else []
         gin_config = config_lib.GinConfig(args.gin_file, extra + bindings, search_paths)
         if args.command == "train":
             return _train(gin_config)
         if args.command == "params":
             return _params(gin_config)
-    except config_lib.ConfigError as error:
+        return _inference(args, gin_config)
+    except (config_lib.ConfigError,) as error:
         if args.verbose:
             traceback.print_exc()
         print(f"t5x-lite: config error: {error}", file=sys.stderr)
@@ -142,6 +168,23 @@ def _train(gin_config) -> int:
     finally:
         if isinstance(model_dir, str):
             config_lib.write_operative_config(model_dir, "config.gin")  # what was really used
+    return 0
+
+
+def _inference(args, gin_config) -> int:
+    import json
+
+    from t5x_lite import config as config_lib, inference
+
+    paths = {"input_path": args.input, "output_path": args.output}
+    if args.command == "infer":
+        results = config_lib.call(gin_config, inference.infer, **paths)
+        print(f"wrote {len(results)} generations to {args.output}")
+    elif args.command == "score":
+        results = config_lib.call(gin_config, inference.score, **paths)
+        print(f"wrote {len(results)} scores to {args.output}")
+    else:
+        print(json.dumps(config_lib.call(gin_config, inference.evaluate, **paths), indent=1))
     return 0
 
 
