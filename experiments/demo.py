@@ -4,7 +4,8 @@
 2. trains the quickstart decoder with the real CLI (`t5x-lite train`), showing losses;
 3. trains a tiny T5 v1.1 with span corruption (showing one corrupted example first);
 4. compares each final validation loss with the corpus's unigram entropy and points to the
-   loss plots.
+   loss plots;
+5. prints greedy and sampled continuations from both models with `t5x-lite infer`.
 
 Extra arguments are passed to `t5x-lite train` (e.g. `--gin.TRAIN_STEPS=100`).
 """
@@ -36,6 +37,50 @@ def show_span_corruption(vocabulary, text: str, inputs_length: int = 128) -> Non
     print("   span corruption of a validation document (15% noise, mean span 3):")
     print(f"     inputs : {vocabulary.decode(example['inputs'])!r}")
     print(f"     targets: {vocabulary.decode(example['targets'])!r}")
+
+
+PROMPTS = {
+    "decoder_lm": ("quickstart/decoder_lm.gin", [
+        "Return a new list containing", "The json module", "Raise ValueError if"]),
+    "t5_span_corruption": ("quickstart/t5_span_corruption.gin", [
+        "Return a <extra_id_0> containing all items from the iterable.",
+        "The <extra_id_0> module provides functions for <extra_id_1> JSON documents."]),
+}
+STRATEGIES = [
+    ("greedy", []),
+    ("sampled (temperature 0.8, top-p 0.9)", ["--gin.decoding.Strategy.temperature=0.8",
+                                            "--gin.decoding.Strategy.top_p=0.9"]),
+]
+
+
+def show_generations() -> None:
+    """Greedy and sampled outputs of both trained models, through `t5x-lite infer`."""
+    import json
+    import tempfile
+
+    for name, (gin_file, prompts) in PROMPTS.items():
+        model_dir = os.path.join(RUNS, name)
+        if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "prompts.jsonl")
+            with open(source, "w") as f:
+                f.writelines(json.dumps({"inputs": p}) + "\n" for p in prompts)
+            print(f"== {name}: t5x-lite infer --gin_file={gin_file} --input=prompts.jsonl ...")
+            for title, flags in STRATEGIES:
+                target = os.path.join(tmp, "out.jsonl")
+                command = [sys.executable, "-m", "t5x_lite.main", "infer",
+                           f"--gin_file={gin_file}", f"--gin.MODEL_DIR='{model_dir}'",
+                           f"--input={source}", f"--output={target}",
+                           "--gin.inference.infer.max_new_tokens=24", *flags]
+                if subprocess.run(command, capture_output=True, text=True).returncode:
+                    print(f"   ({title} decoding failed)")
+                    continue
+                print(f"   {title}:")
+                with open(target) as f:
+                    for line in map(json.loads, f):
+                        print(f"     {line['inputs']!r} -> {line['outputs'][0]!r}")
+        print()
 
 
 def main(extra_args: list[str]) -> int:
@@ -77,6 +122,7 @@ def main(extra_args: list[str]) -> int:
         print(f"   loss plot: {os.path.join(model_dir, 'loss.png')}; metrics: "
               f"{os.path.join(model_dir, 'metrics.jsonl')}; operative config: "
               f"{os.path.join(model_dir, 'config.gin')}\n")
+    show_generations()
     print(f"== demo finished in {time.time() - started:.0f} s")
     return 0
 
