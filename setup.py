@@ -36,7 +36,7 @@ setuptools.setup(
     version="0.1.0",
     description="A small, fast JAX/Flax codebase for pretraining, tuning and aligning text models.",
     python_requires=">=3.11,<3.13",
-    packages=setuptools.find_packages(include=["t5x_lite", "t5x_lite.*"]),
+    packages=setuptools.find_namespace_packages(include=["t5x_lite", "t5x_lite.*"]),
     package_data={"t5x_lite": ["gin_configs/**/*.gin"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

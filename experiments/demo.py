@@ -118,7 +118,7 @@ def main(extra_args: list[str]) -> int:
             final = evals[-1]
             print(f"   validation loss {final['eval/loss']:.3f} nats/token (perplexity "
                   f"{final['eval/perplexity']:.1f}) at step {final['step']} vs unigram entropy "
-                  f"{entropy:.3f}: {entropy - final['eval/loss']:+.3f} nats below")
+                  f"{entropy:.3f}: {entropy - final['eval/loss']:.3f} nats below it")
         print(f"   loss plot: {os.path.join(model_dir, 'loss.png')}; metrics: "
               f"{os.path.join(model_dir, 'metrics.jsonl')}; operative config: "
               f"{os.path.join(model_dir, 'config.gin')}\n")

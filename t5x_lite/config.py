@@ -48,6 +48,7 @@ class GinConfig:
         self.search_paths = [os.getcwd(), *search_paths, PACKAGE_GIN_DIR]
         self.sources: list[Source] = []
         gin.clear_config(clear_constants=True)
+        _drop_python_package_reader()
         for path in self.search_paths:
             if path not in _SEARCH_PATHS_ADDED:
                 gin.add_config_file_search_path(path)
@@ -193,6 +194,22 @@ class GinConfig:
     def _pretty(path: str) -> str:
         relative = os.path.relpath(path)  # short under the working directory, else absolute
         return path if relative.startswith("..") else relative
+
+
+def _drop_python_package_reader() -> None:
+    """Unregisters gin's reader of gin files inside Python packages.
+
+    It treats an include's directory as a package name, so a folder of the working directory
+    called like one of ours (`runs/`, `models/`, `data/`) is imported as a namespace package
+    and crashes it (gin 0.5: `os.path.dirname(None)`). Our search paths already find every
+    file on disk.
+    """
+    from gin import config as gin_config, resource_reader
+
+    gin_config._FILE_READERS[:] = [
+        entry for entry in gin_config._FILE_READERS
+        if entry[0] is not resource_reader.system_path_reader
+    ]
 
 
 def _read(path: str) -> str:

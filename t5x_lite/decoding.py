@@ -347,23 +347,30 @@ def _after_eos_zeroed(tokens: np.ndarray, eos_id: int) -> np.ndarray:
 
 def decode_uncached(module, params, prompts=None, *, encoder_inputs=None,
                     max_new_tokens: int = 32, eos_id: int = 1) -> np.ndarray:
-    """Greedy decoding by full recomputation each step: the reference for the cached path."""
+    """Greedy decoding by full recomputation each step: the reference for the cached path.
+
+    The sequence so far sits in a fixed-size buffer (later slots are zeros a causal decoder
+    cannot see), so the model compiles once per buffer size.
+    """
     encoder_decoder = getattr(module, "feature_converter", "decoder") == "encoder_decoder"
     rows = encoder_inputs if encoder_decoder else prompts
-    outputs = []
     apply = jax.jit(module.apply)
+    outputs = []
     for index in range(len(rows)):
+        prefix = [0] if encoder_decoder else list(prompts[index])
+        buffer = np.zeros((1, len(prefix) + max_new_tokens), np.int32)
+        buffer[0, : len(prefix)] = prefix
         generated: list[int] = []
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
+            position = len(prefix) + step - 1  # the last filled slot predicts the next token
             if encoder_decoder:
                 source = jnp.asarray([encoder_inputs[index]], jnp.int32)
-                target = jnp.asarray([[0] + generated], jnp.int32)
-                logits = apply({"params": params}, source, target)
+                logits = apply({"params": params}, source, jnp.asarray(buffer))
             else:
-                logits = apply({"params": params},
-                               jnp.asarray([list(prompts[index]) + generated], jnp.int32))
-            token = int(jnp.argmax(logits[0, -1]))
+                logits = apply({"params": params}, jnp.asarray(buffer))
+            token = int(jnp.argmax(logits[0, position]))
             generated.append(token)
+            buffer[0, position + 1] = token
             if token == eos_id:
                 break
         outputs.append(generated + [0] * (max_new_tokens - len(generated)))

@@ -211,3 +211,13 @@ def test_undefined_macro_names_the_flag_using_it(gin_config):
                        match=r"^--gin\.TRAIN_STEPS=%NOT_DEFINED: macro %NOT_DEFINED is never"):
         gin_config(["quickstart/decoder_lm.gin"], ["TRAIN_STEPS = 1",
                                                    "TRAIN_STEPS = %NOT_DEFINED"])
+
+
+def test_folders_named_like_gin_directories_do_not_break_includes(workdir):
+    # gin's package-resource reader would import ./runs as a namespace package and crash.
+    for name in ("runs", "models", "data", "mesh", "quickstart"):
+        (workdir / "work" / name / "something").mkdir(parents=True)
+    code, stdout, stderr = finish(run_cli(workdir, "params",
+                                          "--gin_file=quickstart/t5_span_corruption.gin"))
+    assert code == 0, stderr
+    assert stdout.strip().splitlines()[-1].startswith("total_params: ")

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from packing import pack
 from t5x_lite.models import decoder, layers
 
 TINY = dict(vocab_size=97, embed_dim=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64)
@@ -14,22 +15,6 @@ def _init(config, length=24):
     model = decoder.DecoderLM(config)
     params = model.init(jax.random.key(0), jnp.ones((1, length), jnp.int32))["params"]
     return model, nn.unbox(params)
-
-
-def _packed_row(lengths, rng):
-    """Random examples packed into one row: tokens, segment ids, positions (0 = padding)."""
-    examples = [rng.integers(3, 97, size=n) for n in lengths]
-    total = 24
-    tokens = np.zeros(total, np.int32)
-    segments = np.zeros(total, np.int32)
-    positions = np.zeros(total, np.int32)
-    offset = 0
-    for index, example in enumerate(examples, 1):
-        tokens[offset : offset + len(example)] = example
-        segments[offset : offset + len(example)] = index
-        positions[offset : offset + len(example)] = np.arange(len(example))
-        offset += len(example)
-    return examples, tokens, segments, positions
 
 
 @pytest.mark.parametrize(
@@ -45,10 +30,10 @@ def test_packed_row_matches_each_example_alone(overrides):
     config = decoder.DecoderConfig(**TINY, **overrides)
     model, params = _init(config)
     rng = np.random.default_rng(0)
-    examples, tokens, segments, positions = _packed_row([7, 5, 9], rng)
+    examples = [rng.integers(3, 97, size=n) for n in (7, 5, 9)]
+    tokens, segments, positions = pack(examples, 24)
     packed = model.apply(
-        {"params": params}, tokens[None], decoder_segment_ids=segments[None],
-        decoder_positions=positions[None],
+        {"params": params}, tokens, decoder_segment_ids=segments, decoder_positions=positions,
     )[0]
     offset = 0
     for example in examples:

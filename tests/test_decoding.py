@@ -62,10 +62,15 @@ def test_beam_one_equals_greedy(make):
 _APPLY = {}
 
 
-def _next_token_log_probs(module, params, prompt, generated):
+def _next_token_log_probs(module, params, prompt, generated, buffer_length=16):
+    """Next-token log-probabilities after prompt + generated (a fixed-size causal buffer, so
+    the model compiles once)."""
     apply = _APPLY.setdefault(id(module), jax.jit(module.apply))
-    logits = apply({"params": params}, jnp.asarray([list(prompt) + list(generated)], jnp.int32))
-    return np.asarray(jax.nn.log_softmax(logits[0, -1]))
+    sequence = list(prompt) + list(generated)
+    buffer = np.zeros((1, buffer_length), np.int32)
+    buffer[0, : len(sequence)] = sequence
+    logits = apply({"params": params}, jnp.asarray(buffer))
+    return np.asarray(jax.nn.log_softmax(logits[0, len(sequence) - 1]))
 
 
 def test_top_k_never_leaves_the_k_best_tokens():

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from packing import pack
 from t5x_lite import optimizers, partitioning, train_loop
 from t5x_lite.data import feature_converters, objectives, pipeline
 from t5x_lite.models import encoder_decoder as ed
@@ -17,19 +18,6 @@ TINY = ed.EncoderDecoderConfig(vocab_size=104, embed_dim=32, num_encoder_layers=
                                num_decoder_layers=2, num_heads=4, head_dim=8, mlp_dim=64)
 
 
-def _pack(examples, length):
-    tokens = np.zeros(length, np.int32)
-    segments = np.zeros(length, np.int32)
-    positions = np.zeros(length, np.int32)
-    offset = 0
-    for index, example in enumerate(examples, 1):
-        tokens[offset : offset + len(example)] = example
-        segments[offset : offset + len(example)] = index
-        positions[offset : offset + len(example)] = np.arange(len(example))
-        offset += len(example)
-    return tokens[None], segments[None], positions[None]
-
-
 @pytest.mark.parametrize("config", [TINY, ed.EncoderDecoderConfig(
     **{**TINY.__dict__, "mlp_activations": ("relu",), "tie_embeddings": True,
        "scan_layers": False})], ids=["v1.1", "v1.0"])
@@ -38,8 +26,8 @@ def test_packed_row_matches_each_example_alone(config):
     rng = np.random.default_rng(0)
     inputs = [rng.integers(2, 101, n) for n in (6, 9, 4)]
     targets = [rng.integers(2, 101, n) for n in (3, 5, 4)]
-    enc, enc_seg, enc_pos = _pack(inputs, 24)
-    dec, dec_seg, dec_pos = _pack(targets, 16)
+    enc, enc_seg, enc_pos = pack(inputs, 24)
+    dec, dec_seg, dec_pos = pack(targets, 16)
     params = nn.unbox(model.init(jax.random.key(0), enc, dec)["params"])
     apply = jax.jit(model.apply)
     packed = apply({"params": params}, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)[0]

@@ -34,8 +34,9 @@ def read_split(data_dir, split):
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory):
-    # test_vocab.py uses the same directory; `prepare` reuses a finished build.
-    data_dir = tmp_path_factory.getbasetemp() / "python_docs_data"
+    # A directory of its own: the shared `data_dir` may have been built by an earlier test,
+    # and this build must happen here, with the network disabled.
+    data_dir = tmp_path_factory.mktemp("offline_build")
     build_offline(data_dir)
     return data_dir
 

@@ -17,14 +17,6 @@ UNICODE_TEXT = "ünïcødé ☃ 漢字 — naïve café"
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    # Same directory as test_python_docs.py: whichever runs first builds it.
-    path = tmp_path_factory.getbasetemp() / "python_docs_data"
-    python_docs.prepare(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="session")
 def vocab(data_dir):
     """Trained by the default path: the python_docs train split, cached in data_dir."""
     return vocab_lib.get_or_train_vocabulary(data_dir)
