@@ -70,7 +70,7 @@ def parse_args():
 
 
 def timed(fn, runs: int):
-    """(seconds of the first call, median seconds of `runs` further calls, last result)."""
+    """(seconds of the first call, seconds of each of `runs` further calls, last result)."""
     start = time.perf_counter()
     out = fn()
     first = time.perf_counter() - start
@@ -79,7 +79,7 @@ def timed(fn, runs: int):
         start = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - start)
-    return first, statistics.median(times), out
+    return first, times, out
 
 
 def to_transformers(module, params, tmp: str):
@@ -128,10 +128,13 @@ def bench(name: str, args) -> dict:
 
     n = args.new_tokens
     r = {"name": name, "params": n_params}
-    r["ours_first"], r["ours_s"], r["ours_tokens"] = timed(ours(n), args.runs)
-    r["ours_first1"], r["ours_prefill_s"], _ = timed(ours(1), args.runs)
-    r["hf_first"], r["hf_s"], r["hf_tokens"] = timed(theirs(n), args.runs)
-    _, r["hf_prefill_s"], _ = timed(theirs(1), args.runs)
+    r["ours_first"], r["ours_runs"], r["ours_tokens"] = timed(ours(n), args.runs)
+    r["ours_first1"], r["ours_prefill_runs"], _ = timed(ours(1), args.runs)
+    r["hf_first"], r["hf_runs"], r["hf_tokens"] = timed(theirs(n), args.runs)
+    _, r["hf_prefill_runs"], _ = timed(theirs(1), args.runs)
+    for key in ("ours", "hf"):
+        r[f"{key}_s"] = statistics.median(r[f"{key}_runs"])
+        r[f"{key}_prefill_s"] = statistics.median(r[f"{key}_prefill_runs"])
     r["hf_class"] = type(hf_model).__name__
     return r
 
@@ -149,10 +152,11 @@ def report(r: dict, args) -> None:
     for label, key in (("t5x_lite", "ours"), ("transformers", "hf")):
         tokens = r[f"{key}_tokens"]
         step = (r[f"{key}_s"] - r[f"{key}_prefill_s"]) / max(n - 1, 1)
-        print(f"{label:13s} first call {r[f'{key}_first']:6.2f} s | median {r[f'{key}_s']:6.3f} s"
-              f" | {n * b / r[f'{key}_s']:7.1f} tokens/s | prefill+1 token "
+        runs = ", ".join(f"{t:.2f}" for t in r[f"{key}_runs"])
+        print(f"{label:13s} first call {r[f'{key}_first']:5.2f} s | median {r[f'{key}_s']:5.2f} s"
+              f" (runs {runs}) | {n * b / r[f'{key}_s']:6.1f} tokens/s | prefill+1 token "
               f"{r[f'{key}_prefill_s']:.3f} s, then {step * 1e3:.1f} ms/step | output "
-              f"{tokens.shape}, eos-free {bool((tokens != 1).all())}")
+              f"{tokens.shape}, EOS-free {bool((tokens != 1).all())}")
     compile_s = r["ours_first"] - r["ours_s"]
     print(f"t5x_lite compile (first call - median): {compile_s:.2f} s "
           f"(+{r['ours_first1'] - r['ours_prefill_s']:.2f} s for the 1-token variant)")
@@ -162,7 +166,8 @@ def report(r: dict, args) -> None:
     same = (r["ours_tokens"] == r["hf_tokens"]).mean()
     print(f"greedy agreement: leading equal positions per row {agree.tolist()} of {n} "
           f"(min {agree.min()}); {same:.1%} of all positions equal")
-    print(f"  row 0 t5x_lite     {r['ours_tokens'][0, :8].tolist()}")
+    print(f"  row 0 t5x_lite     {r['ours_tokens'][0, :8].tolist()} ... "
+          f"({len(set(r['ours_tokens'][0].tolist()))} distinct tokens in the row)")
     print(f"  row 0 transformers {r['hf_tokens'][0, :8].tolist()}")
 
 

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from t5x_lite import metrics, optimizers, partitioning, trainer as trainer_lib
-from t5x_lite.data import pipeline
+from t5x_lite.data import feature_converters, pipeline
 from t5x_lite.models.decoder import DecoderConfig, DecoderLM
 
 # gin_configs/models/decoder_50m.gin
@@ -65,17 +65,6 @@ def make_batch(batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.nda
     }
 
 
-def batch_shapes(batch_size: int, seq_len: int):
-    """Shapes of a plain decoder batch (`pipeline.batch_shapes`, or its successor in
-    `feature_converters` without the prefix-LM feature)."""
-    if hasattr(pipeline, "batch_shapes"):
-        return pipeline.batch_shapes(seq_len, batch_size)
-    from t5x_lite.data import feature_converters
-
-    return feature_converters.batch_shapes(
-        "decoder", {"targets": seq_len}, batch_size, bidirectional_inputs=False)
-
-
 def time_steps(step, steps: int) -> tuple[float, float]:
     """(first call incl. compile, median of `steps` further calls), in seconds."""
     start = time.perf_counter()
@@ -100,7 +89,8 @@ def bench_t5x(args, batch_np):
     trainer = trainer_lib.Trainer(
         DecoderLM(config), optimizers.adamw(schedule), schedule, mesh,
         partitioning.DEFAULT_RULES,
-        batch_shapes=batch_shapes(args.batch_size, args.seq_len),
+        batch_shapes=feature_converters.batch_shapes(  # a plain LM: no prefix-LM feature
+            "decoder", {"targets": args.seq_len}, args.batch_size, bidirectional_inputs=False),
     )
     state = trainer.create_state(seed=0)
     batch = pipeline.global_batch(batch_np, trainer.batch_sharding)
