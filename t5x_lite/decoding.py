@@ -1,11 +1,12 @@
 """Cached autoregressive decoding: greedy, temperature / top-k / top-p sampling, beam search.
 
-Both architectures decode the same way:
-  1. (encoder-decoder) the encoder runs once; each cross-attention projects its keys and
+Both architectures decode the same way (models/incremental.py runs the model):
+  1. the trained parameters are put into decoding's layout (`prepare_params`);
+  2. (encoder-decoder) the encoder runs once; each cross-attention projects its keys and
      values once, at prefill, into the 'cache' collection;
-  2. prefill: the prompts (right-padded, of any lengths) go through the model in one pass,
+  3. prefill: the prompts (right-padded, of any lengths) go through the model in one pass,
      writing every layer's keys/values at their positions;
-  3. a compiled `lax.while_loop` feeds one token per step, each example at its own position,
+  4. a compiled `lax.while_loop` feeds one token per step, each example at its own position,
      until every sequence has produced EOS or `max_new_tokens` tokens.
 `decode_uncached` recomputes the whole sequence each step: the slow, obviously correct
 reference the tests compare against.
@@ -24,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from t5x_lite.models import incremental
 
 NEG_INF = -1e10
 
@@ -74,70 +77,6 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, strategy: Strategy) -> jax
     return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
-# --------------------------------------------------------------------------- model adapters
-@functools.lru_cache(maxsize=32)
-def _adapter(module_type, config, max_length: int) -> "_Adapter":
-    """One adapter per (architecture, config, length), so jitted loops compile once."""
-    return _Adapter(module_type(config), max_length)
-
-
-class _Adapter:
-    """Prefill/step calls for one architecture, with the cache in the 'cache' collection."""
-
-    def __init__(self, module: nn.Module, max_length: int):
-        self.module = module
-        self.max_length = max_length
-        self.prefill_module = module.clone(decode="prefill", max_decode_length=max_length)
-        self.step_module = module.clone(decode="step", max_decode_length=max_length)
-        self.encoder_decoder = getattr(module, "feature_converter", "decoder") == "encoder_decoder"
-        self.layer_batch_axis = 1 if module.config.scan_layers else 0
-
-
-def _init_cache(adapter: _Adapter, params, batch: int, encoded_length: int | None):
-    tokens = jnp.zeros((batch, adapter.max_length), jnp.int32)
-    if adapter.encoder_decoder:
-        encoder_tokens = jnp.zeros((batch, encoded_length), jnp.int32)
-        shapes = jax.eval_shape(
-            lambda: adapter.prefill_module.init(jax.random.key(0), encoder_tokens, tokens))
-    else:
-        shapes = jax.eval_shape(lambda: adapter.prefill_module.init(jax.random.key(0), tokens))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
-
-
-def _prefill(adapter: _Adapter, params, cache, prompt, prompt_lengths, encoder_inputs):
-    """Runs the prompt; returns (logits at each prompt's last token, cache, extra state)."""
-    variables = {"params": params, "cache": cache}
-    batch, length = prompt.shape
-    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-    if adapter.encoder_decoder:
-        encoder_segments = (encoder_inputs > 0).astype(jnp.int32)
-        encoded = adapter.module.apply({"params": params}, encoder_inputs, encoder_segments,
-                                       method=adapter.module.encode)
-        logits, mutated = adapter.prefill_module.apply(
-            variables, encoded, prompt, encoder_segments, None, positions,
-            method=adapter.prefill_module.decoder_logits, mutable=["cache"])
-        extra = (encoded, encoder_segments)
-    else:
-        logits, mutated = adapter.prefill_module.apply(
-            variables, prompt, None, positions, mutable=["cache"])
-        extra = ()
-    last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
-    return last, mutated["cache"], extra
-
-
-def _step(adapter: _Adapter, params, cache, tokens, positions, extra):
-    variables = {"params": params, "cache": cache}
-    if adapter.encoder_decoder:
-        encoded, encoder_segments = extra
-        logits, mutated = adapter.step_module.apply(
-            variables, encoded, tokens[:, None], encoder_segments, None, positions[:, None],
-            method=adapter.step_module.decoder_logits, mutable=["cache"])
-    else:
-        logits, mutated = adapter.step_module.apply(
-            variables, tokens[:, None], None, positions[:, None], mutable=["cache"])
-    return logits[:, 0], mutated["cache"]
-
-
 def _pad(rows: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
     length = length or max(1, max(len(r) for r in rows))
     out = np.zeros((len(rows), length), np.int32)
@@ -146,9 +85,9 @@ def _pad(rows: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray
     return out
 
 
-def _prompts(adapter, prompts, encoder_inputs):
+def _prompts(model, prompts, encoder_inputs):
     """Decoder prompts (BOS=0 for an encoder-decoder) and their lengths."""
-    if adapter.encoder_decoder:
+    if model.encoder_decoder:
         return np.zeros((len(encoder_inputs), 1), np.int32), np.ones(len(encoder_inputs), np.int32)
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     if (lengths == 0).any():
@@ -157,14 +96,13 @@ def _prompts(adapter, prompts, encoder_inputs):
 
 
 # --------------------------------------------------------------------------- search loops
-@functools.partial(jax.jit, static_argnames=("adapter", "strategy", "max_new_tokens", "eos_id"))
-def _sample_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, seeds, *,
+@functools.partial(jax.jit, static_argnames=("model", "strategy", "max_new_tokens", "eos_id"))
+def _sample_loop(model, params, prompt, prompt_lengths, encoder_inputs, seeds, *,
                  strategy, max_new_tokens, eos_id):
     batch = prompt.shape[0]
     encoded_length = None if encoder_inputs is None else encoder_inputs.shape[1]
-    cache = _init_cache(adapter, params, batch, encoded_length)
-    logits, cache, extra = _prefill(adapter, params, cache, prompt, prompt_lengths,
-                                    encoder_inputs)
+    cache = model.init_cache(batch, encoded_length)
+    logits, cache, extra = model.prefill(params, cache, prompt, prompt_lengths, encoder_inputs)
     keys = jax.vmap(jax.random.key)(seeds)
 
     def pick(logits, step):
@@ -182,7 +120,7 @@ def _sample_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, seeds,
         return (s["step"] < max_new_tokens) & ~jnp.all(s["done"])
 
     def body(s):
-        logits, cache = _step(adapter, params, s["cache"], s["token"], s["position"], extra)
+        logits, cache = model.step(params, s["cache"], s["token"], s["position"], extra)
         token, log_prob = pick(logits, s["step"])
         token = jnp.where(s["done"], 0, token)
         out = s["out"].at[:, s["step"]].set(token)
@@ -200,9 +138,9 @@ def length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-@functools.partial(jax.jit, static_argnames=("adapter", "beam_size", "alpha", "max_new_tokens",
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "alpha", "max_new_tokens",
                                              "eos_id"))
-def _beam_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, *, beam_size, alpha,
+def _beam_loop(model, params, prompt, prompt_lengths, encoder_inputs, *, beam_size, alpha,
                max_new_tokens, eos_id):
     """Beam search; finished hypotheses leave the live beams and compete on penalised score."""
     batch = prompt.shape[0]
@@ -210,9 +148,8 @@ def _beam_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, *, beam_
     prompt, prompt_lengths = repeat(prompt), repeat(prompt_lengths)
     encoder_inputs = None if encoder_inputs is None else repeat(encoder_inputs)
     encoded_length = None if encoder_inputs is None else encoder_inputs.shape[1]
-    cache = _init_cache(adapter, params, batch * beam_size, encoded_length)
-    logits, cache, extra = _prefill(adapter, params, cache, prompt, prompt_lengths,
-                                    encoder_inputs)
+    cache = model.init_cache(batch * beam_size, encoded_length)
+    logits, cache, extra = model.prefill(params, cache, prompt, prompt_lengths, encoder_inputs)
     vocab = logits.shape[-1]
     # Only the first beam of each example is live at the start (the others are copies).
     live_scores = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (beam_size - 1)), (batch, 1))
@@ -223,10 +160,8 @@ def _beam_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, *, beam_
         finished_tokens=jnp.zeros((batch, beam_size, max_new_tokens), jnp.int32),
         finished_scores=jnp.full((batch, beam_size), NEG_INF),
     )
-    batch_axis = adapter.layer_batch_axis
-
     def reorder_cache(cache, flat_beams):
-        return jax.tree.map(lambda x: jnp.take(x, flat_beams, axis=batch_axis), cache)
+        return jax.tree.map(lambda x: jnp.take(x, flat_beams, axis=0), cache)
 
     def cond(s):
         best_possible = s["live_scores"][:, 0] / length_penalty(max_new_tokens, alpha)
@@ -259,7 +194,7 @@ def _beam_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, *, beam_
         flat_parent = (parent + jnp.arange(batch)[:, None] * beam_size).reshape(-1)
         cache = reorder_cache(s["cache"], flat_parent)
         next_tokens = jnp.take_along_axis(token, keep, axis=1).reshape(-1)
-        logits, cache = _step(adapter, params, cache, next_tokens, s["position"], extra)
+        logits, cache = model.step(params, cache, next_tokens, s["position"], extra)
         return dict(step=step + 1, logits=logits, cache=cache, position=s["position"] + 1,
                     live_tokens=live_tokens, live_scores=live_scores,
                     finished_tokens=finished_tokens, finished_scores=finished_scores)
@@ -276,6 +211,9 @@ def _beam_loop(adapter, params, prompt, prompt_lengths, encoder_inputs, *, beam_
 
 
 # --------------------------------------------------------------------------- public API
+prepare_params = incremental.prepare  # params -> DecodeParams, for many decode calls
+
+
 def decode(
     module: nn.Module,
     params: Any,
@@ -292,7 +230,8 @@ def decode(
     """Generates continuations of `prompts` (decoder-only) or targets for `encoder_inputs`.
 
     Returns {'tokens': [batch, n, max_new_tokens], 'scores': [batch, n]} with n = num_samples
-    (sampling, greedy) or beam_size (beam search, best first). With a `mesh` (and the
+    (sampling, greedy) or beam_size (beam search, best first). `params` are the trained ones
+    (converted on every call) or `prepare_params(module, params)`. With a `mesh` (and the
     training rules), activations and caches are sharded as in training; pass params sharded
     as the train state holds them.
     """
@@ -313,11 +252,12 @@ def _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens, e
     rows = encoder_inputs if encoder_decoder else prompts
     batch = len(rows)
     prompt_length = 1 if encoder_decoder else max(len(p) for p in prompts)
-    adapter = _adapter(type(module), module.config, prompt_length + max_new_tokens)
+    model = incremental.for_model(type(module), module.config, prompt_length + max_new_tokens)
+    params = incremental.prepare(module, params).params
     encoder_array = jnp.asarray(_pad(encoder_inputs)) if encoder_decoder else None
-    prompt, lengths = _prompts(adapter, prompts, encoder_inputs)
+    prompt, lengths = _prompts(model, prompts, encoder_inputs)
     if strategy.beam_size > 1:
-        tokens, scores = _beam_loop(adapter, params, jnp.asarray(prompt), jnp.asarray(lengths),
+        tokens, scores = _beam_loop(model, params, jnp.asarray(prompt), jnp.asarray(lengths),
                                     encoder_array, beam_size=strategy.beam_size,
                                     alpha=strategy.length_penalty_alpha,
                                     max_new_tokens=max_new_tokens, eos_id=eos_id)
@@ -332,7 +272,7 @@ def _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens, e
     sample_seeds = np.asarray([hash((int(s), j)) % (2**31) for s in seeds for j in range(n)],
                               np.uint32)
     tile = lambda x: None if x is None else jnp.repeat(jnp.asarray(x), n, axis=0)
-    tokens, scores = _sample_loop(adapter, params, tile(prompt), tile(lengths),
+    tokens, scores = _sample_loop(model, params, tile(prompt), tile(lengths),
                                   tile(encoder_array), jnp.asarray(sample_seeds),
                                   strategy=strategy, max_new_tokens=max_new_tokens,
                                   eos_id=eos_id)

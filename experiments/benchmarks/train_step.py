@@ -4,9 +4,9 @@ Hugging Face `LlamaForCausalLM` with the same dimensions.
 What is measured
   * t5x_lite: the real jitted `Trainer.train_step` (forward, cross entropy, backward, global-norm
     clipping, AdamW, metrics) of `DecoderLM` configured as gin_configs/models/decoder_50m.gin
-    (8 layers, d=512, 8 heads x 64, SwiGLU 2048, tied 32,128-token embeddings, RoPE, RMSNorm),
-    on a (1, 1, 1) mesh of one CPU device, for a fully packed batch of random token ids
-    (segment ids 1, positions 0..T-1, loss weights 1). One step compiles and warms up, then
+    (8 layers, d=512, 8 heads x 64, SwiGLU 2048, tied 32,128-token embeddings with 0.02 init,
+    RoPE, RMSNorm), on a (1, 1, 1) mesh of one CPU device, for a fully packed batch of random
+    token ids (segment ids 1, positions 0..T-1, loss weights 1). One step compiles and warms up, then
     `--steps` steps are timed one by one with `jax.block_until_ready`; the median is reported.
   * Model FLOPs per step from `t5x_lite.metrics.flops_per_step` (6·N·tokens + attention,
     PaLM appendix B), tokens/s, achieved TFLOP/s, and MFU against the float32 matmul peak that
@@ -81,8 +81,8 @@ def time_steps(step, steps: int) -> tuple[float, float]:
 def bench_t5x(args, batch_np):
     config = DecoderConfig(
         vocab_size=VOCAB, embed_dim=EMBED, num_layers=LAYERS, num_heads=HEADS,
-        head_dim=HEAD_DIM, mlp_dim=MLP, tie_embeddings=True, dtype=args.dtype,
-        scan_layers=True, remat_policy=args.remat,
+        head_dim=HEAD_DIM, mlp_dim=MLP, tie_embeddings=True, embedding_init_stddev=0.02,
+        dtype=args.dtype, scan_layers=True, remat_policy=args.remat,
     )
     schedule = optimizers.constant(LEARNING_RATE)
     mesh = partitioning.make_mesh((1, 1, 1))

@@ -7,7 +7,6 @@ claimed) is done here once, so a family module is just its naming table.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -15,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+
+from t5x_lite.models.stacking import stack_layers, unscanned, unstack_layers
 
 Path = tuple[str, ...]
 
@@ -46,11 +47,6 @@ def abstract_params(module: nn.Module):
 def param_shapes(module: nn.Module) -> dict[Path, tuple[int, ...]]:
     """Flat {path: shape} of a module's parameters."""
     return {p: x.shape for p, x in traverse_util.flatten_dict(abstract_params(module)).items()}
-
-
-def unscanned(module: nn.Module) -> nn.Module:
-    """The same model with unrolled layers: the layout the rule tables are written for."""
-    return module.clone(config=dataclasses.replace(module.config, scan_layers=False))
 
 
 def to_ours(tensors: Mapping[str, np.ndarray], rules: Sequence[Rule], module: nn.Module,
@@ -112,40 +108,6 @@ def _array_to_hf(x: np.ndarray, rule: Rule) -> np.ndarray:
     return x.reshape(-1) if rule.kind == "vector" else x
 
 
-def _layer_index(name: str) -> int | None:
-    prefix, _, index = name.rpartition("_")
-    return int(index) if prefix == "layers" and index.isdigit() else None
-
-
-def stack_layers(flat: Mapping[Path, np.ndarray]) -> dict[Path, np.ndarray]:
-    """`.../layers_i/...` entries -> one `.../layers/...` entry stacked on a leading axis
-    (the layout `nn.scan` gives scanned parameters)."""
-    out, groups = {}, {}
-    for path, x in flat.items():
-        depth = next((d for d, name in enumerate(path) if _layer_index(name) is not None), None)
-        if depth is None:
-            out[path] = x
-            continue
-        key = path[:depth] + ("layers",) + path[depth + 1:]
-        groups.setdefault(key, {})[_layer_index(path[depth])] = x
-    for key, by_index in groups.items():
-        if sorted(by_index) != list(range(len(by_index))):
-            raise ValueError(f"layers of {'/'.join(key)} are not numbered 0..n-1")
-        out[key] = np.stack([by_index[i] for i in range(len(by_index))])
-    return out
-
-
-def unstack_layers(flat: Mapping[Path, np.ndarray]) -> dict[Path, np.ndarray]:
-    """Inverse of `stack_layers`: `.../layers/...` [n, ...] -> `.../layers_i/...`."""
-    out = {}
-    for path, x in flat.items():
-        if "layers" not in path:
-            out[path] = x
-            continue
-        depth = path.index("layers")
-        for i in range(x.shape[0]):
-            out[path[:depth] + (f"layers_{i}",) + path[depth + 1:]] = x[i]
-    return out
 
 
 # transformers activation names <-> ours (layers.ACTIVATIONS).

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.models import layers
+from t5x_lite.models import kv_cache, layers, stacking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +53,9 @@ class DecoderConfig:
                 f"position_embedding must be 'rope', 'learned' or 'none', got "
                 f"{self.position_embedding!r}"
             )
-        if self.remat_policy not in layers.REMAT_POLICIES:
+        if self.remat_policy not in stacking.REMAT_POLICIES:
             raise ValueError(
-                f"remat_policy must be one of {sorted(layers.REMAT_POLICIES)}, "
+                f"remat_policy must be one of {sorted(stacking.REMAT_POLICIES)}, "
                 f"got {self.remat_policy!r}"
             )
         for field in ("vocab_size", "embed_dim", "num_layers", "num_heads", "head_dim", "mlp_dim"):
@@ -105,6 +105,7 @@ class DecoderBlock(nn.Module):
             dropout_rate=cfg.dropout_rate,
             dtype=dtype,
             param_dtype=param_dtype,
+            features_first=self.decode is not None,
             name="mlp",
         )(h, deterministic=self.deterministic)
         x = layers.constrain(x + h, ("batch", "length", "embed"))
@@ -116,7 +117,8 @@ class DecoderLM(nn.Module):
 
     With `decode='prefill'` / `'step'` the attention layers keep a key/value cache of
     `max_decode_length` positions in the 'cache' collection (see decoding.py); positions then
-    say where each example's tokens go.
+    say where each example's tokens go. `logits_at` ([batch] indices) computes the logits at
+    one position per row only: [batch, 1, vocab].
     """
 
     config: DecoderConfig
@@ -133,6 +135,7 @@ class DecoderLM(nn.Module):
         decoder_causal_attention: jax.Array | None = None,
         *,
         deterministic: bool = True,
+        logits_at: jax.Array | None = None,
         **unused_features: Any,
     ) -> jax.Array:
         cfg = self.config
@@ -140,8 +143,8 @@ class DecoderLM(nn.Module):
         batch, length = decoder_input_tokens.shape
         if decoder_positions is None:
             decoder_positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        if self.decode is not None and not self.is_initializing():
-            mask = layers.decode_mask(decoder_positions, self.max_decode_length)
+        if self.decode == "step" and not self.is_initializing():
+            mask = kv_cache.step_mask(decoder_positions, self.max_decode_length)
         else:
             mask = layers.attention_mask(
                 decoder_segment_ids,
@@ -165,19 +168,21 @@ class DecoderLM(nn.Module):
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = layers.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
-        run_blocks = layers.stack_blocks(
+        run_blocks = stacking.stack_blocks(
             DecoderBlock, cfg, cfg.num_layers, cfg.scan_layers, cfg.remat_policy, num_args=2,
             deterministic=deterministic, decode=self.decode,
         )
         x = run_blocks(x, mask, decoder_positions)
+        if logits_at is not None:  # prefill needs only the last prompt token's logits
+            x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
 
         x = layers.norm(cfg.norm_type, cfg.norm_epsilon, dtype, param_dtype, "final_norm")(x)
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         if cfg.tie_embeddings:
-            logits = embed.attend(x)
+            logits = layers.tied_logits(embed, x)
         else:
             logits = layers.dense(
                 cfg.vocab_size, ("embed", "vocab"), dtype=dtype, param_dtype=param_dtype,
-                name="lm_head",
+                features_first=self.decode is not None, name="lm_head",
             )(x)
         return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))

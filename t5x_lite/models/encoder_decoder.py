@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite.models import layers
+from t5x_lite.models import kv_cache, layers, stacking
 
 # T5X's initialisers for T5 v1.1: fan-in normal kernels, with the query's divided by
 # sqrt(head_dim) because T5 does not scale the attention logits.
@@ -55,8 +55,8 @@ class EncoderDecoderConfig:
     remat_policy: str = "none"
 
     def __post_init__(self):
-        if self.remat_policy not in layers.REMAT_POLICIES:
-            raise ValueError(f"remat_policy must be one of {sorted(layers.REMAT_POLICIES)}, "
+        if self.remat_policy not in stacking.REMAT_POLICIES:
+            raise ValueError(f"remat_policy must be one of {sorted(stacking.REMAT_POLICIES)}, "
                              f"got {self.remat_policy!r}")
         for field in ("vocab_size", "embed_dim", "num_encoder_layers", "num_decoder_layers",
                       "num_heads", "head_dim", "mlp_dim"):
@@ -94,11 +94,12 @@ def _norm(cfg: EncoderDecoderConfig, name: str) -> nn.Module:
                        jnp.dtype(cfg.param_dtype), name)
 
 
-def _mlp(cfg: EncoderDecoderConfig) -> layers.Mlp:
+def _mlp(cfg: EncoderDecoderConfig, decode: str | None = None) -> layers.Mlp:
     return layers.Mlp(
         hidden_dim=cfg.mlp_dim, activations=tuple(cfg.mlp_activations),
         dropout_rate=cfg.dropout_rate, dtype=jnp.dtype(cfg.dtype),
-        param_dtype=jnp.dtype(cfg.param_dtype), kernel_init=MLP_KERNEL_INIT, name="mlp",
+        param_dtype=jnp.dtype(cfg.param_dtype), kernel_init=MLP_KERNEL_INIT,
+        features_first=decode is not None, name="mlp",
     )
 
 
@@ -139,7 +140,8 @@ class DecoderLayer(nn.Module):
         h = _attention(cfg, "cross_attention", self.decode, cross_attention=True)(
             h, encoded, cross_mask, deterministic=self.deterministic)
         y = y + _dropout(cfg, h, self.deterministic)
-        h = _mlp(cfg)(_norm(cfg, "pre_mlp_norm")(y), deterministic=self.deterministic)
+        h = _mlp(cfg, self.decode)(_norm(cfg, "pre_mlp_norm")(y),
+                                   deterministic=self.deterministic)
         y = y + _dropout(cfg, h, self.deterministic)
         return layers.constrain(y, ("batch", "length", "embed")), None
 
@@ -166,7 +168,7 @@ class Encoder(nn.Module):
             dtype=jnp.dtype(cfg.dtype), name="relpos_bias",
         )(positions, positions)
         x = _dropout(cfg, embedded, deterministic)
-        x = layers.stack_blocks(EncoderLayer, cfg, cfg.num_encoder_layers, cfg.scan_layers,
+        x = stacking.stack_blocks(EncoderLayer, cfg, cfg.num_encoder_layers, cfg.scan_layers,
                                 cfg.remat_policy, num_args=2, deterministic=deterministic)(
             x, mask, bias)
         return _dropout(cfg, _norm(cfg, "final_norm")(x), deterministic)
@@ -183,12 +185,11 @@ class Decoder(nn.Module):
         cfg = self.config
         length, encoded_length = embedded.shape[1], encoded.shape[1]
         key_positions = positions
-        if self.decode is not None and not self.is_initializing():
-            # Cached decoding: queries see the cache slots up to their own position.
-            self_mask = layers.decode_mask(positions, self.max_decode_length)
+        if self.decode == "step" and not self.is_initializing():
+            # A cached step: queries see the cache slots up to their own position.
+            self_mask = kv_cache.step_mask(positions, self.max_decode_length)
             key_positions = jnp.broadcast_to(jnp.arange(self.max_decode_length),
                                              (positions.shape[0], self.max_decode_length))
-            segment_ids = jnp.ones_like(positions)
         else:
             self_mask = layers.attention_mask(segment_ids, segment_ids, causal=True,
                                               query_length=length, key_length=length)
@@ -204,7 +205,7 @@ class Decoder(nn.Module):
             dtype=jnp.dtype(cfg.dtype), name="relpos_bias",
         )(positions, key_positions)
         y = _dropout(cfg, embedded, deterministic)
-        y = layers.stack_blocks(DecoderLayer, cfg, cfg.num_decoder_layers, cfg.scan_layers,
+        y = stacking.stack_blocks(DecoderLayer, cfg, cfg.num_decoder_layers, cfg.scan_layers,
                                 cfg.remat_policy, num_args=5, deterministic=deterministic,
                                 decode=self.decode)(
             y, encoded, self_mask, cross_mask, bias, positions)
@@ -228,7 +229,8 @@ class EncoderDecoder(nn.Module):
         self.decoder = Decoder(cfg, self.decode, self.max_decode_length)
         if not cfg.tie_embeddings:
             self.lm_head = layers.dense(cfg.vocab_size, ("embed", "vocab"), dtype=dtype,
-                                        param_dtype=param_dtype, kernel_init=MLP_KERNEL_INIT)
+                                        param_dtype=param_dtype, kernel_init=MLP_KERNEL_INIT,
+                                        features_first=self.decode is not None)
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
                *, deterministic: bool = True):
@@ -245,7 +247,7 @@ class EncoderDecoder(nn.Module):
         y = self.decoder(embedded, encoded, decoder_segment_ids, positions,
                          encoder_segment_ids, deterministic)
         if self.config.tie_embeddings:
-            logits = self.token_embed.attend(y) / np.sqrt(self.config.embed_dim)
+            logits = layers.tied_logits(self.token_embed, y) / np.sqrt(self.config.embed_dim)
         else:
             logits = self.lm_head(y)
         return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t5x_lite.models import kv_cache
+
 Initializer = Callable[..., jax.Array]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -28,13 +30,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: nn.gelu(x, approximate=True),  # T5 v1.1's "gelu_new" (tanh form)
     "gelu_exact": lambda x: nn.gelu(x, approximate=False),
     "silu": nn.silu,
-}
-
-REMAT_POLICIES = {
-    "none": None,  # keep every activation (no rematerialisation)
-    "full": "full",  # keep nothing: recompute the whole block on the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 # Fan-in scaled truncated normal: what T5X uses for its dense kernels.
@@ -46,11 +41,37 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return nn.with_logical_constraint(x, tuple(logical_axes))
 
 
+# A decode step multiplies a handful of rows (batch x 1 token) by every weight. XLA:CPU's
+# dot streams such a product about twice as fast from a weight stored features-first
+# ([features, inputs]: each output's weights contiguous), computed as weight · xᵀ, as from
+# the usual [inputs, features] (measured: 10-13 vs 5-7 GB/s of weights on 2 cores, see
+# experiments/benchmarks/README.md). Decoding therefore keeps its kernels features-first.
+FEW_ROWS = 64
+
+
+def features_first_product(x: jax.Array, kernel: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """x contracted over `axes` with kernel [features..., inputs...] -> [other axes, features]."""
+    num_in = len(axes)
+    num_features = kernel.ndim - num_in
+    kernel_in = tuple(range(num_features, kernel.ndim))
+    rows = int(np.prod([d for a, d in enumerate(x.shape) if a not in axes]))
+    if rows > FEW_ROWS:  # an ordinary matrix product (a prompt, a training batch)
+        return jax.lax.dot_general(x, kernel, ((axes, kernel_in), ((), ())))
+    out = jax.lax.dot_general(kernel, x, ((kernel_in, axes), ((), ())))  # [features, rows]
+    # Without the barrier XLA folds the transpose back into the dot, undoing the layout.
+    out = jax.lax.optimization_barrier(out)
+    rest = x.ndim - num_in
+    return jnp.transpose(out, tuple(range(num_features, num_features + rest))
+                         + tuple(range(num_features)))
+
+
 class DenseGeneral(nn.Module):
     """Dense layer contracting `axis` of the input into `features`, with logical axis names.
 
-    The kernel is initialised as the equivalent 2-D matrix [prod(inputs), prod(features)] and
-    reshaped, so fan-in based initialisers see the true fan-in.
+    The kernel is [inputs..., features...], or [features..., inputs...] when `features_first`
+    (the layout decoding uses, see `features_first_product`). It is initialised as the
+    equivalent 2-D matrix [prod(inputs), prod(features)] and reshaped, so fan-in based
+    initialisers see the true fan-in.
     """
 
     features: int | tuple[int, ...]
@@ -60,6 +81,7 @@ class DenseGeneral(nn.Module):
     kernel_init: Initializer = default_kernel_init
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    features_first: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,23 +89,32 @@ class DenseGeneral(nn.Module):
         axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
         axes = tuple(a % x.ndim for a in axes)
         in_shape = tuple(x.shape[a] for a in axes)
-        shape = in_shape + features
+        num_in = len(axes)
+        shape, kernel_axes = in_shape + features, tuple(self.kernel_axes)
+        if self.features_first:
+            shape, kernel_axes = features + in_shape, kernel_axes[num_in:] + kernel_axes[:num_in]
 
         def init(key, shape, dtype):
             flat = (int(np.prod(in_shape)), int(np.prod(features)))
-            return self.kernel_init(key, flat, dtype).reshape(shape)
+            kernel = self.kernel_init(key, flat, dtype).reshape(in_shape + features)
+            if self.features_first:
+                kernel = jnp.moveaxis(kernel, tuple(range(num_in)), tuple(range(-num_in, 0)))
+            return kernel
 
         kernel = self.param(
-            "kernel", nn.with_logical_partitioning(init, self.kernel_axes), shape, self.param_dtype
+            "kernel", nn.with_logical_partitioning(init, kernel_axes), shape, self.param_dtype
         )
         kernel = jnp.asarray(kernel, self.dtype)
-        out = jax.lax.dot_general(
-            x.astype(self.dtype), kernel, ((axes, tuple(range(len(axes)))), ((), ()))
-        )
+        x = x.astype(self.dtype)
+        if self.features_first:
+            out = features_first_product(x, kernel, axes)
+        else:
+            out = jax.lax.dot_general(x, kernel, ((axes, tuple(range(num_in))), ((), ())))
         if self.use_bias:
             bias = self.param(
                 "bias",
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), self.kernel_axes[len(axes):]),
+                nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                             tuple(self.kernel_axes[num_in:])),
                 features,
                 self.param_dtype,
             )
@@ -100,11 +131,13 @@ def dense(
     kernel_init: Initializer = default_kernel_init,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
+    features_first: bool = False,
     name: str | None = None,
 ) -> DenseGeneral:
     return DenseGeneral(
         features=features, kernel_axes=kernel_axes, axis=axis, use_bias=use_bias,
-        kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, name=name,
+        kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
+        features_first=features_first, name=name,
     )
 
 
@@ -172,13 +205,6 @@ def attention_mask(
     return None if mask is None else mask[:, None, :, :]
 
 
-def decode_mask(query_positions: jax.Array, cache_length: int) -> jax.Array:
-    """[batch, 1, q, cache]: with a key/value cache, a query sees the cache slots at or before
-    its own position (later slots hold stale or padding entries)."""
-    slots = jnp.arange(cache_length)
-    return (slots[None, None, :] <= query_positions[:, :, None])[:, None]
-
-
 class Attention(nn.Module):
     """Multi-head attention with optional grouped-query heads (num_kv_heads < num_heads).
 
@@ -199,9 +225,11 @@ class Attention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
     query_init: Initializer | None = None
-    # Cached decoding: None (training / scoring), 'prefill' (write the prompt's keys and
-    # values, or a cross-attention's projected encoder outputs, into the 'cache' collection)
-    # or 'step' (append one position; cross-attention reuses what prefill stored).
+    # Cached decoding (models/kv_cache.py): None (training / scoring), 'prefill' (attend
+    # within the prompt and write its keys and values, or a cross-attention's projected
+    # encoder outputs, into the 'cache' collection) or 'step' (write one position, attend
+    # over the cache; cross-attention reuses what prefill stored). The mask must match:
+    # causal within the prompt at prefill, kv_cache.step_mask at a step.
     decode: str | None = None
     cross_attention: bool = False
 
@@ -221,7 +249,8 @@ class Attention(nn.Module):
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
-        common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                      features_first=self.decode is not None)
         query_layer = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"),
                             kernel_init=self.query_init or self.kernel_init, name="query",
                             **common)
@@ -232,51 +261,55 @@ class Attention(nn.Module):
         out_layer = dense(inputs_q.shape[-1], ("heads", "kv", "embed"), axis=(-2, -1),
                           kernel_init=self.kernel_init, name="out", **common)
         query = query_layer(inputs_q)
+        scale = 1.0 / np.sqrt(self.head_dim) if self.scale_logits else 1.0
         if self.decode is not None and self.cross_attention:
             key, value = self._cached_projection(inputs_kv, key_layer, value_layer)
+            out = kv_cache.attend(query, key, value, mask, bias, scale)
         else:
             key, value = key_layer(inputs_kv), value_layer(inputs_kv)
             if self.use_rope:
                 query = apply_rope(query, query_positions, self.rope_theta)
                 key = apply_rope(key, key_positions, self.rope_theta)
             if self.decode is not None:
-                key, value = self._update_cache(key, value, query_positions)
-        query = constrain(query, ("batch", "length", "heads", "kv"))
-        key = constrain(key, ("batch", "length", "heads", "kv"))
-        value = constrain(value, ("batch", "length", "heads", "kv"))
-        if bias is not None:
-            bias = bias.astype(self.dtype)
-        out = jax.nn.dot_product_attention(
-            query, key, value, bias=bias, mask=mask, scale=None if self.scale_logits else 1.0)
+                cached_key, cached_value = self._update_cache(key, value, query_positions)
+            if self.decode == "step":
+                out = kv_cache.attend(query, cached_key, cached_value, mask, bias, scale)
+            else:  # training, scoring and prefill attend over this call's own keys
+                query = constrain(query, ("batch", "length", "heads", "kv"))
+                key = constrain(key, ("batch", "length", "heads", "kv"))
+                value = constrain(value, ("batch", "length", "heads", "kv"))
+                if bias is not None:
+                    bias = bias.astype(self.dtype)
+                out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
+                                                   scale=scale)
         out = out_layer(constrain(out, ("batch", "length", "heads", "kv")))
         return nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(out, deterministic=deterministic)
 
     def _update_cache(self, key, value, positions):
         """Writes this call's keys/values at their positions; returns the whole cache.
 
-        The cache is created (zeros, at the length of the inputs `init` sees) when the model is
-        initialised in decode mode; afterwards each example writes at its own positions, so a
-        batch may hold prompts of different lengths (right-padded).
+        The cache is created (zeros, as long as the inputs `init` sees) when the model is
+        initialised in decode mode; afterwards each example writes from its own first position.
         """
+        batch, length = key.shape[:2]
+        shape = kv_cache.cache_shape(batch, length, self.num_kv_heads, self.head_dim)
         initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-        if not initialized:
-            return key, value
-        write = jax.vmap(lambda cache, new, start: jax.lax.dynamic_update_slice(
-            cache, new.astype(cache.dtype), (start, 0, 0)))
-        cached_key.value = write(cached_key.value, key, positions[:, 0])
-        cached_value.value = write(cached_value.value, value, positions[:, 0])
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, value.dtype)
+        if initialized:
+            cached_key.value = kv_cache.write(cached_key.value, key, positions[:, 0])
+            cached_value.value = kv_cache.write(cached_value.value, value, positions[:, 0])
         return cached_key.value, cached_value.value
 
     def _cached_projection(self, encoded, key_layer, value_layer):
         """A cross-attention's encoder keys/values, projected once at prefill and reused."""
-        shape = encoded.shape[:2] + (self.num_kv_heads, self.head_dim)
+        shape = kv_cache.cache_shape(encoded.shape[0], encoded.shape[1], self.num_kv_heads,
+                                     self.head_dim)
         cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, self.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, self.dtype)
         if self.decode == "prefill" or self.is_initializing():
-            cached_key.value = key_layer(encoded).astype(self.dtype)
-            cached_value.value = value_layer(encoded).astype(self.dtype)
+            cached_key.value = kv_cache.to_cache_layout(key_layer(encoded)).astype(self.dtype)
+            cached_value.value = kv_cache.to_cache_layout(value_layer(encoded)).astype(self.dtype)
         return cached_key.value, cached_value.value
 
 
@@ -290,6 +323,7 @@ class Mlp(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
+    features_first: bool = False  # kernels in decoding's layout (see DenseGeneral)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -298,6 +332,7 @@ class Mlp(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=self.kernel_init,
+            features_first=self.features_first,
         )
         hidden = None
         for index, activation in enumerate(self.activations):
@@ -377,7 +412,7 @@ def token_embedder(
     param_dtype=jnp.float32,
     name: str = "token_embed",
 ) -> nn.Embed:
-    """Token embedding table [vocab, embed]; `.attend` gives tied output logits."""
+    """Token embedding table [vocab, embed]; `tied_logits` uses it as the output layer."""
     return nn.Embed(
         num_embeddings=vocab_size,
         features=embed_dim,
@@ -390,36 +425,7 @@ def token_embedder(
     )
 
 
-def stack_blocks(block_cls, config, num_layers: int, scan: bool, remat_policy: str,
-                 num_args: int, name: str = "layers", **kwargs):
-    """Returns a callable running `num_layers` blocks: scanned (one traced block) or unrolled.
-
-    A block is called as `block(x, *args) -> (x, None)`; `args` are the same for every layer
-    (masks, position biases, encoder outputs). Scanned parameters get a leading `layers` axis.
-    """
-    policy = REMAT_POLICIES[remat_policy]
-    if policy is not None:
-        block_cls = nn.remat(
-            block_cls,
-            policy=None if policy == "full" else policy,
-            prevent_cse=not scan,
-        )
-    if scan:
-        scanned = nn.scan(
-            block_cls,
-            variable_axes={"params": 0, "cache": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * num_args,
-            length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )(config, name=name, **kwargs)
-        return lambda x, *args: scanned(x, *args)[0]
-
-    blocks = [block_cls(config, name=f"{name}_{i}", **kwargs) for i in range(num_layers)]
-
-    def run(x, *args):
-        for block in blocks:
-            x, _ = block(x, *args)
-        return x
-
-    return run
+def tied_logits(embed: nn.Embed, x: jax.Array) -> jax.Array:
+    """Logits with the token embedding as the output layer ([vocab, embed]: features-first)."""
+    table = jnp.asarray(embed.embedding, embed.dtype)
+    return features_first_product(x.astype(embed.dtype), table, (x.ndim - 1,))
