@@ -73,14 +73,14 @@ def test_grouped_query_attention_shapes_and_equivalence():
     attention = layers.Attention(num_heads=4, num_kv_heads=2, head_dim=8)
     x = jax.random.normal(jax.random.key(3), (2, 6, 32))
     positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
-    params = nn.unbox(attention.init(jax.random.key(4), x, x, query_positions=positions,
-                                     key_positions=positions)["params"])
+    rope = layers.rope_tables(positions, 8, 10_000.0)
+    params = nn.unbox(attention.init(jax.random.key(4), x, x, rope=rope)["params"])
     assert params["key"]["kernel"].shape == (32, 2, 8)
     full = layers.Attention(num_heads=4, num_kv_heads=4, head_dim=8)
     repeated = dict(params)
     for name in ("key", "value"):
         repeated[name] = {"kernel": jnp.repeat(params[name]["kernel"], 2, axis=1)}
-    kwargs = dict(query_positions=positions, key_positions=positions)
+    kwargs = dict(rope=rope)
     np.testing.assert_allclose(
         attention.apply({"params": params}, x, x, **kwargs),
         full.apply({"params": repeated}, x, x, **kwargs),

@@ -77,7 +77,7 @@ class DecoderBlock(nn.Module):
     decode: str | None = None
 
     @nn.compact
-    def __call__(self, x, mask, positions):
+    def __call__(self, x, mask, positions, rope):
         cfg = self.config
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         x = layers.constrain(x, ("batch", "length", "embed"))
@@ -86,16 +86,13 @@ class DecoderBlock(nn.Module):
             num_heads=cfg.num_heads,
             num_kv_heads=cfg.kv_heads,
             head_dim=cfg.head_dim,
-            use_rope=cfg.position_embedding == "rope",
-            rope_theta=cfg.rope_theta,
             use_bias=cfg.use_bias,
             dropout_rate=cfg.dropout_rate,
             dtype=dtype,
             param_dtype=param_dtype,
             decode=self.decode,
             name="self_attention",
-        )(h, h, mask, query_positions=positions, key_positions=positions,
-          deterministic=self.deterministic)
+        )(h, h, mask, query_positions=positions, rope=rope, deterministic=self.deterministic)
         x = x + h
         h = layers.norm(cfg.norm_type, cfg.norm_epsilon, dtype, param_dtype, "pre_mlp_norm")(x)
         h = layers.Mlp(
@@ -168,11 +165,14 @@ class DecoderLM(nn.Module):
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = layers.constrain(x.astype(dtype), ("batch", "length", "embed"))
 
+        rope = None
+        if cfg.position_embedding == "rope":
+            rope = layers.rope_tables(decoder_positions, cfg.head_dim, cfg.rope_theta)
         run_blocks = stacking.stack_blocks(
-            DecoderBlock, cfg, cfg.num_layers, cfg.scan_layers, cfg.remat_policy, num_args=2,
+            DecoderBlock, cfg, cfg.num_layers, cfg.scan_layers, cfg.remat_policy, num_args=3,
             deterministic=deterministic, decode=self.decode,
         )
-        x = run_blocks(x, mask, decoder_positions)
+        x = run_blocks(x, mask, decoder_positions, rope)
         if logits_at is not None:  # prefill needs only the last prompt token's logits
             x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
 

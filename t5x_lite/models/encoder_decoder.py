@@ -82,7 +82,7 @@ def _attention(cfg: EncoderDecoderConfig, name: str, decode: str | None = None,
 
     return layers.Attention(
         num_heads=cfg.num_heads, num_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-        use_rope=False, scale_logits=False, dropout_rate=cfg.dropout_rate,
+        scale_logits=False, dropout_rate=cfg.dropout_rate,
         dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
         kernel_init=ATTENTION_KERNEL_INIT, query_init=query_init, decode=decode,
         cross_attention=cross_attention, name=name,

@@ -162,19 +162,30 @@ def norm(
     raise ValueError(f"norm_type must be 'rmsnorm' or 'layernorm', got {kind!r}")
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding (Su et al. 2021), in the "rotate half" layout of LLaMA.
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of the rotary angles (Su et al. 2021), [batch, length, 1, head_dim].
 
-    x: [batch, length, heads, head_dim]; positions: [batch, length] (restart at 0 per packed
-    segment, so packed examples see the same rotations as when alone).
+    positions: [batch, length] (restart at 0 per packed segment, so packed examples see the
+    same rotations as when alone). Computed once per forward pass and shared by every layer's
+    queries and keys: XLA:CPU's sin/cos are slow, and fused into each rotation they were
+    recomputed per layer and head (a tenth of a CPU prefill's time).
     """
-    head_dim = x.shape[-1]
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, d/2]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [b, l, 1, d]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    return (jnp.concatenate([cos, cos], axis=-1)[:, :, None, :],
+            jnp.concatenate([sin, sin], axis=-1)[:, :, None, :])
+
+
+def apply_rope(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotary position embedding in the "rotate half" layout of LLaMA.
+
+    x: [batch, length, heads, head_dim]; tables: `rope_tables` for the same positions.
+    """
+    cos, sin = tables
     first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([-second, first], axis=-1)
-    return (x * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+    return (x * cos + rotated * sin).astype(x.dtype)
 
 
 def attention_mask(
@@ -210,14 +221,12 @@ class Attention(nn.Module):
 
     T5 does not scale the logits by 1/sqrt(head_dim) (its query initialisation carries the
     factor): set `scale_logits=False` for that. `bias` is an additive [b|1, heads, q, k] term
-    (T5's relative position bias).
+    (T5's relative position bias); `rope` the `rope_tables` of a self-attention's positions.
     """
 
     num_heads: int
     num_kv_heads: int
     head_dim: int
-    use_rope: bool = True
-    rope_theta: float = 10_000.0
     scale_logits: bool = True
     use_bias: bool = False
     dropout_rate: float = 0.0
@@ -241,7 +250,7 @@ class Attention(nn.Module):
         mask: jax.Array | None = None,
         *,
         query_positions: jax.Array | None = None,
-        key_positions: jax.Array | None = None,
+        rope: tuple[jax.Array, jax.Array] | None = None,
         bias: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
@@ -267,9 +276,8 @@ class Attention(nn.Module):
             out = kv_cache.attend(query, key, value, mask, bias, scale)
         else:
             key, value = key_layer(inputs_kv), value_layer(inputs_kv)
-            if self.use_rope:
-                query = apply_rope(query, query_positions, self.rope_theta)
-                key = apply_rope(key, key_positions, self.rope_theta)
+            if rope is not None:  # self-attention: queries and keys at the same positions
+                query, key = apply_rope(query, rope), apply_rope(key, rope)
             if self.decode is not None:
                 cached_key, cached_value = self._update_cache(key, value, query_positions)
             if self.decode == "step":
