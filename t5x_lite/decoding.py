@@ -77,11 +77,20 @@ def choose_tokens(logits: jax.Array, keys: jax.Array, strategy: Strategy) -> jax
     return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
-def _pad(rows: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
-    length = length or max(1, max(len(r) for r in rows))
+# Prompts (and T5 inputs) are padded to a multiple of this, so batches of nearby lengths share
+# one compiled program (a compile takes seconds; the padding costs a little prefill).
+LENGTH_BUCKET = 32
+
+
+def _bucketed(length: int) -> int:
+    return -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
+
+
+def _pad(rows: Sequence[Sequence[int]]) -> np.ndarray:
+    length = _bucketed(max(1, max(len(r) for r in rows)))
     out = np.zeros((len(rows), length), np.int32)
     for i, row in enumerate(rows):
-        out[i, : len(row)] = row[:length]
+        out[i, : len(row)] = row
     return out
 
 
@@ -251,7 +260,7 @@ def _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens, e
         raise ValueError("an encoder-decoder model decodes from encoder_inputs")
     rows = encoder_inputs if encoder_decoder else prompts
     batch = len(rows)
-    prompt_length = 1 if encoder_decoder else max(len(p) for p in prompts)
+    prompt_length = 1 if encoder_decoder else _bucketed(max(len(p) for p in prompts))
     model = incremental.for_model(type(module), module.config, prompt_length + max_new_tokens)
     params = incremental.prepare(module, params).params
     encoder_array = jnp.asarray(_pad(encoder_inputs)) if encoder_decoder else None

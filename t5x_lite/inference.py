@@ -79,7 +79,8 @@ def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
     """Generates for every `inputs` line; writes {inputs, outputs: [text], tokens, scores}
     to `output_path` (if given) and returns the same records."""
     records = read_jsonl(input_path, ["inputs"])
-    params = load(model, model_dir) if params is None else params
+    # Into decoding's layout once, not per batch (the trained layout is not kept).
+    params = decoding.prepare_params(model, load(model, model_dir) if params is None else params)
     mesh = partitioning.make_mesh(mesh_shape)
     results = []
     for start in range(0, len(records), batch_size):

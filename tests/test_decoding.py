@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from t5x_lite import decoding, partitioning
-from t5x_lite.models import decoder
+from t5x_lite.models import decoder, incremental
 from t5x_lite.models import encoder_decoder as ed
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13], [3]]
@@ -148,3 +148,18 @@ def test_decoding_sharded_on_a_mesh_matches(make):
     got = run(module, sharded, max_new_tokens=8, mesh=mesh,
               logical_axis_rules=partitioning.DEFAULT_RULES)
     np.testing.assert_array_equal(got["tokens"], expected["tokens"])
+
+
+def test_nearby_prompt_lengths_share_one_compiled_program():
+    module, params = decoder_model()
+    prepared = decoding.prepare_params(module, params)
+    decoding.decode(module, prepared, [[5, 6, 7]], max_new_tokens=4)
+    before = incremental.for_model.cache_info()
+    short = decoding.decode(module, prepared, [[5, 6, 7]], max_new_tokens=4)
+    longer = decoding.decode(module, prepared, [[5, 6, 7, 8, 9, 10, 11]], max_new_tokens=4)
+    after = incremental.for_model.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 2
+    # The padding is invisible: the same prompt alone decodes the same with or without it.
+    alone = decoding.decode_uncached(module, params, [[5, 6, 7]], max_new_tokens=4)
+    np.testing.assert_array_equal(short["tokens"][:, 0], alone)
+    assert longer["tokens"].shape == (1, 1, 4)
