@@ -24,8 +24,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test
 	$(BIN)/python experiments/benchmarks/train_step.py
+	$(BIN)/python experiments/benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) runs
