@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from packing import pack
-from t5x_lite.models import decoder, layers
+from t5x_lite.models import decoder, layers, position_encodings
 
 TINY = dict(vocab_size=97, embed_dim=32, num_layers=2, num_heads=4, head_dim=8, mlp_dim=64)
 
@@ -73,7 +73,7 @@ def test_grouped_query_attention_shapes_and_equivalence():
     attention = layers.Attention(num_heads=4, num_kv_heads=2, head_dim=8)
     x = jax.random.normal(jax.random.key(3), (2, 6, 32))
     positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
-    rope = layers.rope_tables(positions, 8, 10_000.0)
+    rope = position_encodings.rope_tables(positions, 8, 10_000.0)
     params = nn.unbox(attention.init(jax.random.key(4), x, x, rope=rope)["params"])
     assert params["key"]["kernel"].shape == (32, 2, 8)
     full = layers.Attention(num_heads=4, num_kv_heads=4, head_dim=8)

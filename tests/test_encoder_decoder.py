@@ -11,7 +11,7 @@ from packing import pack
 from t5x_lite import optimizers, partitioning, train_loop
 from t5x_lite.data import feature_converters, objectives, pipeline
 from t5x_lite.models import encoder_decoder as ed
-from t5x_lite.models import layers
+from t5x_lite.models import position_encodings
 from t5x_lite.trainer import Trainer
 
 TINY = ed.EncoderDecoderConfig(vocab_size=104, embed_dim=32, num_encoder_layers=2,
@@ -40,9 +40,9 @@ def test_packed_row_matches_each_example_alone(config):
 
 def test_relative_position_buckets_follow_t5():
     distance = np.arange(-200, 201, dtype=np.int32)
-    bidirectional = np.asarray(layers.relative_position_bucket(
+    bidirectional = np.asarray(position_encodings.relative_position_bucket(
         distance, bidirectional=True, num_buckets=32, max_distance=128))
-    causal = np.asarray(layers.relative_position_bucket(
+    causal = np.asarray(position_encodings.relative_position_bucket(
         distance, bidirectional=False, num_buckets=32, max_distance=128))
     at = lambda d: int(np.flatnonzero(distance == d)[0])
     # Exact buckets for small distances; keys after the query use the upper half.

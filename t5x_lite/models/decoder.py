@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.models import kv_cache, layers, stacking
+from t5x_lite.models import kv_cache, layers, position_encodings, stacking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,8 @@ class DecoderLM(nn.Module):
 
         rope = None
         if cfg.position_embedding == "rope":
-            rope = layers.rope_tables(decoder_positions, cfg.head_dim, cfg.rope_theta)
+            rope = position_encodings.rope_tables(decoder_positions, cfg.head_dim,
+                                                  cfg.rope_theta)
         run_blocks = stacking.stack_blocks(
             DecoderBlock, cfg, cfg.num_layers, cfg.scan_layers, cfg.remat_policy, num_args=3,
             deterministic=deterministic, decode=self.decode,

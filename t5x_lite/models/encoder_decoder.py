@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite.models import kv_cache, layers, stacking
+from t5x_lite.models import kv_cache, layers, position_encodings, stacking
 
 # T5X's initialisers for T5 v1.1: fan-in normal kernels, with the query's divided by
 # sqrt(head_dim) because T5 does not scale the attention logits.
@@ -162,7 +162,7 @@ class Encoder(nn.Module):
         length = embedded.shape[1]
         mask = layers.attention_mask(segment_ids, segment_ids, causal=False,
                                      query_length=length, key_length=length)
-        bias = layers.RelativePositionBias(
+        bias = position_encodings.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets,
             cfg.relative_attention_max_distance, bidirectional=True,
             dtype=jnp.dtype(cfg.dtype), name="relpos_bias",
@@ -199,7 +199,7 @@ class Decoder(nn.Module):
         else:
             cross_mask = layers.attention_mask(segment_ids, encoder_segment_ids, causal=False,
                                                query_length=length, key_length=encoded_length)
-        bias = layers.RelativePositionBias(
+        bias = position_encodings.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets,
             cfg.relative_attention_max_distance, bidirectional=False,
             dtype=jnp.dtype(cfg.dtype), name="relpos_bias",
