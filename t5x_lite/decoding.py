@@ -255,7 +255,7 @@ def decode(
 
 
 def _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens, eos_id, seeds):
-    encoder_decoder = getattr(module, "feature_converter", "decoder") == "encoder_decoder"
+    encoder_decoder = incremental.is_encoder_decoder(module)
     if encoder_decoder and encoder_inputs is None:
         raise ValueError("an encoder-decoder model decodes from encoder_inputs")
     rows = encoder_inputs if encoder_decoder else prompts
@@ -301,7 +301,7 @@ def decode_uncached(module, params, prompts=None, *, encoder_inputs=None,
     The sequence so far sits in a fixed-size buffer (later slots are zeros a causal decoder
     cannot see), so the model compiles once per buffer size.
     """
-    encoder_decoder = getattr(module, "feature_converter", "decoder") == "encoder_decoder"
+    encoder_decoder = incremental.is_encoder_decoder(module)
     rows = encoder_inputs if encoder_decoder else prompts
     apply = jax.jit(module.apply)
     outputs = []

@@ -108,8 +108,6 @@ def _array_to_hf(x: np.ndarray, rule: Rule) -> np.ndarray:
     return x.reshape(-1) if rule.kind == "vector" else x
 
 
-
-
 # transformers activation names <-> ours (layers.ACTIVATIONS).
 HF_ACTIVATIONS = {
     "relu": "relu",

@@ -75,8 +75,7 @@ def _kernel_permutations(module_type, config) -> dict[tuple[str, ...], tuple[int
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _prepare(module_type, config, params):
-    module = module_type(config)
-    flat = traverse_util.flatten_dict(dict(stacking.unroll(module, params)[1]))
+    flat = traverse_util.flatten_dict(dict(stacking.unrolled_params(module_type(config), params)))
     for path, permutation in _kernel_permutations(module_type, config).items():
         flat[path] = jnp.transpose(flat[path], permutation)
     return DecodeParams(traverse_util.unflatten_dict(flat))

@@ -4,7 +4,7 @@
 Training prefers scanned stacks (compile time independent of depth, remat per layer); cached
 decoding prefers unrolled ones (a step then reads each layer's weights and cache where they
 lie, instead of slicing them out of, and writing the cache back into, stacked arrays at every
-step). `unroll` turns a scanned model and its parameters into the unrolled equivalent.
+step). `unscanned` and `unrolled_params` give the unrolled equivalent of a scanned model.
 """
 from __future__ import annotations
 
@@ -102,9 +102,8 @@ def unscanned(module: nn.Module) -> nn.Module:
     return module.clone(config=dataclasses.replace(module.config, scan_layers=False))
 
 
-def unroll(module: nn.Module, params: Any) -> tuple[nn.Module, Any]:
-    """(unrolled module, its params) for a scanned or unrolled model; works inside `jit`."""
+def unrolled_params(module: nn.Module, params: Any) -> Any:
+    """`module`'s params (scanned or not) as `unscanned(module)` holds them; works in `jit`."""
     if not module.config.scan_layers:
-        return module, params
-    flat = unstack_layers(traverse_util.flatten_dict(dict(params)))
-    return unscanned(module), traverse_util.unflatten_dict(flat)
+        return params
+    return traverse_util.unflatten_dict(unstack_layers(traverse_util.flatten_dict(dict(params))))
