@@ -4,6 +4,7 @@ import setuptools
 # Ranges below are the ones installed and tested together (Python 3.11, CPU).
 INSTALL_REQUIRES = [
     "jax>=0.10.2,<0.11",
+    "ml_dtypes>=0.7.0,<0.8",  # bfloat16 in numpy (convert --dtype=bfloat16)
     "flax>=0.12.8,<0.13",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12.8,<0.13",
@@ -11,6 +12,9 @@ INSTALL_REQUIRES = [
     "array-record>=0.8.6,<0.9",
     "grain>=0.2.18,<0.3",
     "sentencepiece>=0.2.3,<0.3",
+    "protobuf>=7.36,<8",  # sentencepiece's model proto (vocab.py edits it)
+    "etils[epath]>=1.15.0,<2",  # every path: t5x_lite/paths.py
+    "fsspec>=2026.9.0,<2027",  # epath's backend for gs://; paths.py uploads through it
     "chex>=0.1.92,<0.2",
     "gin-config>=0.5.0,<0.6",
     "numpy>=2.4,<3",
@@ -22,6 +26,16 @@ INSTALL_REQUIRES = [
     "sacrebleu>=2.6.0,<3",  # evaluation.bleu
     "rouge-score>=0.1.2,<0.2",  # evaluation.rouge (pulls in nltk; no nltk data is used)
 ]
+
+# gs:// paths (model dirs, data dirs, configs, inputs, outputs) through epath/fsspec, and
+# TensorBoard events there (tensorboardX uses google-cloud-storage). No TensorFlow.
+GCS_REQUIRES = [
+    "gcsfs>=2026.10.1,<2027",
+    "google-cloud-storage>=3.17,<4",
+]
+
+# A Cloud TPU VM: `pip install -e ".[tpu]"`.
+TPU_REQUIRES = ["jax[tpu]>=0.10.2,<0.11", *GCS_REQUIRES]
 
 TEST_REQUIRES = [
     "pytest>=9.2,<10",
@@ -40,6 +54,6 @@ setuptools.setup(
     package_data={"t5x_lite": ["gin_configs/**/*.gin"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "gcs": GCS_REQUIRES, "tpu": TPU_REQUIRES},
     entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:main"]},
 )

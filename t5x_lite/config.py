@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import inspect
 import logging
 import os
@@ -19,9 +20,17 @@ from typing import Callable, Iterator, Sequence
 
 import gin
 
+from t5x_lite import paths
+
 PACKAGE_GIN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gin_configs")
 _CALL_MARKER = re.compile(r"\s*In call to configurable '([\w.]+)'.*", re.S)
 _SEARCH_PATHS_ADDED: set[str] = set()  # gin keeps its search paths for the whole process
+# Macros the CLI reads itself (`macro_value`), not through a binding.
+CLI_MACROS = ("MODEL_DIR", "INIT_FROM")
+# What model, data and run files define for each other and for the CLI's commands: a gin file
+# may define one that this command does not read (a data file's EVAL_DATA under `infer`).
+INTERFACE_MACROS = ("MODEL", "VOCABULARY", "TRAIN_DATA", "EVAL_DATA", "TASK_FEATURE_LENGTHS",
+                    "OBJECTIVE", "MESH_SHAPE", "LOGICAL_AXIS_RULES")
 
 
 # gin logs an ERROR on the root logger for each search path an include is *not* in.
@@ -65,11 +74,14 @@ class GinConfig:
             gin.finalize()
         except Exception as error:  # noqa: BLE001 - every gin failure becomes one line
             raise self.explain(error) from error
+        self.check_macros_are_used()
 
     def find(self, gin_file: str) -> str:
-        bases = [""] if os.path.isabs(gin_file) else self.search_paths
-        for candidate in (os.path.join(base, gin_file) for base in bases):
-            if os.path.isfile(candidate):
+        gin_file = _as_gin_path(gin_file)  # file:// URLs become local paths; gs:// stays
+        absolute = os.path.isabs(gin_file) or not paths.is_local(gin_file)
+        bases = [""] if absolute else self.search_paths
+        for candidate in (_join(base, gin_file) for base in bases):
+            if paths.as_path(candidate).is_file():
                 self._add_include_sources(candidate)
                 return candidate
         raise ConfigError(
@@ -93,6 +105,29 @@ class GinConfig:
             parse()
         except Exception as error:  # noqa: BLE001
             raise self.explain(error, default_source=source) from error
+
+    def check_macros_are_used(self) -> None:
+        """A bound macro that no binding reads (`%NAME`, in any file, flag or the CLI's wiring)
+        is a mistake: gin would ignore `--gin.TRAIN_STEPZ=3` and train the default number of
+        steps. Exempt: CLI_MACROS, and INTERFACE_MACROS when only gin files bind them (a flag
+        binding one that this command does not read is still an error)."""
+        config = gin.config._CONFIG  # gin has no public view of the parsed bindings
+        referenced = set(CLI_MACROS)
+        for parameters in config.values():
+            for value in parameters.values():
+                referenced.update(_macro_references(value))
+        for name in (scope for scope, selector in config if selector == "gin.macro"):
+            if name in referenced:
+                continue
+            places = [where for key, _, where in self._bindings() if key == name]
+            if name in INTERFACE_MACROS and not any(p.startswith("--gin.") for p in places):
+                continue
+            # cutoff: the default 0.6 offers VOCAB_SIZE for BATCH_SIZE.
+            close = difflib.get_close_matches(name, sorted(referenced | set(INTERFACE_MACROS)),
+                                              n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            where = places[-1] if places else "<config>"
+            raise ConfigError(f"{where}: macro {name} is bound but never used{hint}")
 
     # ------------------------------------------------------------------ errors
     def explain(self, error: BaseException, default_source: Source | None = None) -> ConfigError:
@@ -192,8 +227,24 @@ class GinConfig:
 
     @staticmethod
     def _pretty(path: str) -> str:
+        if "://" in path:
+            return path  # os.path would mangle gs://bucket into gs:/bucket
         relative = os.path.relpath(path)  # short under the working directory, else absolute
         return path if relative.startswith("..") else relative
+
+
+def _macro_references(value) -> Iterator[str]:
+    """Names of the macros a parsed binding value reads (`%NAME`, nested in containers too)."""
+    if isinstance(value, gin.config.ConfigurableReference):
+        scope, selector = value.config_key
+        if selector == "gin.macro":
+            yield scope
+    elif isinstance(value, dict):
+        for item in value.items():
+            yield from _macro_references(item)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            yield from _macro_references(item)
 
 
 def _drop_python_package_reader() -> None:
@@ -213,8 +264,29 @@ def _drop_python_package_reader() -> None:
 
 
 def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
+    return paths.as_path(path).read_text()
+
+
+def _as_gin_path(path: str) -> str:
+    return str(paths.as_path(path, check=False)) if "://" in path else path
+
+
+def _join(base: str, name: str) -> str:
+    if "://" in base:  # a search path on a bucket
+        return str(paths.as_path(base, check=False) / name)
+    return os.path.join(base, name)
+
+
+def _register_url_reader() -> None:
+    """gin opens files with `open`; gs:// gin files (a run's config.gin, a converted model.gin,
+    a search path on a bucket) are read through epath instead."""
+    def readable(path: str) -> bool:
+        return not paths.is_local(path) and paths.as_path(path).is_file()
+
+    gin.config.register_file_reader(lambda path: paths.as_path(path).open("r"), readable)
+
+
+_register_url_reader()
 
 
 def call(config: GinConfig, fn: Callable, **kwargs):
@@ -277,15 +349,17 @@ def _is_config_error(error: BaseException, fn: Callable) -> bool:
 
 
 def write_operative_config(model_dir: str, filename: str = "config.gin") -> str:
-    """Writes the config the run used (bindings that were called) atomically."""
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, filename)
-    text = gin.operative_config_str() or gin.config_str()
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    """Writes the config the run used (bindings that were called) atomically, on local disk
+    or gs:// (an unreachable bucket fails here, in one line, before any work is done). Every
+    process checks the path; only process 0 writes (one shared file, one writer)."""
+    import jax
+
+    directory = paths.as_path(model_dir)
+    if jax.process_index() == 0:
+        paths.ensure_dir(directory)
+        paths.atomic_write_text(directory / filename,
+                                gin.operative_config_str() or gin.config_str())
+    return str(directory / filename)
 
 
 def macro_value(name: str, default=None):

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite.models import incremental
+from t5x_lite.errors import InputError
+from t5x_lite.models import incremental, model_format
 
 NEG_INF = -1e10
 
@@ -94,24 +95,45 @@ def _pad(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return out
 
 
-def _prompts(model, prompts, encoder_inputs):
-    """Decoder prompts (BOS=0 for an encoder-decoder) and their lengths."""
-    if model.encoder_decoder:
-        return np.zeros((len(encoder_inputs), 1), np.int32), np.ones(len(encoder_inputs), np.int32)
-    lengths = np.asarray([len(p) for p in prompts], np.int32)
-    if (lengths == 0).any():
-        raise ValueError("every decoder-only prompt needs at least one token")
-    return _pad(prompts), lengths
+def _prompts(fmt: model_format.ModelFormat, prompts, encoder_inputs):
+    """Decoder prompts and their lengths. Each starts with the format's start id, as training
+    rows do: [start] for an encoder-decoder, [start] + prompt for a decoder-only model (so an
+    empty prompt is fine)."""
+    if fmt.encoder_decoder:
+        rows = [[fmt.start_id]] * len(encoder_inputs)
+    else:
+        rows = [[fmt.start_id, *p] for p in prompts]
+    return _pad(rows), np.asarray([len(r) for r in rows], np.int32)
+
+
+def _check_requests(module, fmt, prompts, encoder_inputs, max_new_tokens: int) -> None:
+    """One-line errors for requests the model cannot read (see model_format.check_row)."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if fmt.encoder_decoder:
+        if encoder_inputs is None:
+            raise ValueError("an encoder-decoder model decodes from encoder_inputs")
+        for index, row in enumerate(encoder_inputs):
+            if not len(row):
+                raise ValueError(f"encoder input {index} is empty")
+            model_format.check_row(module, row, f"encoder input {index}")
+        return
+    if prompts is None:
+        raise ValueError("a decoder-only model decodes from prompts")
+    for index, prompt in enumerate(prompts):
+        model_format.check_row(module, prompt, f"prompt {index}",
+                               length=1 + len(prompt) + max_new_tokens)
 
 
 # --------------------------------------------------------------------------- search loops
 @functools.partial(jax.jit, static_argnames=("model", "strategy", "max_new_tokens", "eos_id"))
-def _sample_loop(model, params, prompt, prompt_lengths, encoder_inputs, seeds, *,
-                 strategy, max_new_tokens, eos_id):
+def _sample_loop(model, params, prompt, prompt_lengths, encoder_inputs, encoder_lengths, seeds,
+                 *, strategy, max_new_tokens, eos_id):
     batch = prompt.shape[0]
     encoded_length = None if encoder_inputs is None else encoder_inputs.shape[1]
     cache = model.init_cache(batch, encoded_length)
-    logits, cache, extra = model.prefill(params, cache, prompt, prompt_lengths, encoder_inputs)
+    logits, cache, extra = model.prefill(params, cache, prompt, prompt_lengths, encoder_inputs,
+                                         encoder_lengths)
     keys = jax.vmap(jax.random.key)(seeds)
 
     def pick(logits, step):
@@ -149,16 +171,17 @@ def length_penalty(length, alpha: float):
 
 @functools.partial(jax.jit, static_argnames=("model", "beam_size", "alpha", "max_new_tokens",
                                              "eos_id"))
-def _beam_loop(model, params, prompt, prompt_lengths, encoder_inputs, *, beam_size, alpha,
-               max_new_tokens, eos_id):
+def _beam_loop(model, params, prompt, prompt_lengths, encoder_inputs, encoder_lengths, *,
+               beam_size, alpha, max_new_tokens, eos_id):
     """Beam search; finished hypotheses leave the live beams and compete on penalised score."""
     batch = prompt.shape[0]
-    repeat = lambda x: jnp.repeat(x, beam_size, axis=0)
+    repeat = lambda x: None if x is None else jnp.repeat(x, beam_size, axis=0)
     prompt, prompt_lengths = repeat(prompt), repeat(prompt_lengths)
-    encoder_inputs = None if encoder_inputs is None else repeat(encoder_inputs)
+    encoder_inputs, encoder_lengths = repeat(encoder_inputs), repeat(encoder_lengths)
     encoded_length = None if encoder_inputs is None else encoder_inputs.shape[1]
     cache = model.init_cache(batch * beam_size, encoded_length)
-    logits, cache, extra = model.prefill(params, cache, prompt, prompt_lengths, encoder_inputs)
+    logits, cache, extra = model.prefill(params, cache, prompt, prompt_lengths, encoder_inputs,
+                                         encoder_lengths)
     vocab = logits.shape[-1]
     # Only the first beam of each example is live at the start (the others are copies).
     live_scores = jnp.tile(jnp.asarray([0.0] + [NEG_INF] * (beam_size - 1)), (batch, 1))
@@ -231,49 +254,54 @@ def decode(
     encoder_inputs: Sequence[Sequence[int]] | None = None,
     strategy: Strategy = Strategy(),
     max_new_tokens: int = 32,
-    eos_id: int = 1,
+    stop_at_eos: bool = True,
     seeds: Sequence[int] | int = 0,
     mesh=None,
     logical_axis_rules=None,
 ) -> dict[str, np.ndarray]:
     """Generates continuations of `prompts` (decoder-only) or targets for `encoder_inputs`.
 
-    Returns {'tokens': [batch, n, max_new_tokens], 'scores': [batch, n]} with n = num_samples
-    (sampling, greedy) or beam_size (beam search, best first). `params` are the trained ones
-    (converted on every call) or `prepare_params(module, params)`. With a `mesh` (and the
-    training rules), activations and caches are sharded as in training; pass params sharded
-    as the train state holds them.
+    Prompts are token ids without the start token: the model's format
+    (models/model_format.py) supplies it, the stop token (EOS) and how the prompt is attended,
+    as in training. Returns {'tokens': [batch, n, max_new_tokens], 'scores': [batch, n]} with
+    n = num_samples (sampling, greedy) or beam_size (beam search, best first); tokens after
+    EOS are the format's pad id. `stop_at_eos=False` always generates `max_new_tokens`
+    (benchmarks). `params` are the trained ones (converted on every call) or
+    `prepare_params(module, params)`. With a `mesh` (and the training rules), activations and
+    caches are sharded as in training; pass params sharded as the train state holds them.
     """
+    fmt = model_format.of(module)
+    _check_requests(module, fmt, prompts, encoder_inputs, max_new_tokens)
+    eos_id = fmt.eos_id if stop_at_eos else -1
     if mesh is None:
-        return _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens,
+        return _decode(module, fmt, params, prompts, encoder_inputs, strategy, max_new_tokens,
                        eos_id, seeds)
     from t5x_lite.trainer import mesh_and_rules  # the same context the train step uses
 
     with mesh_and_rules(mesh, tuple(tuple(r) for r in logical_axis_rules)):
-        return _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens,
+        return _decode(module, fmt, params, prompts, encoder_inputs, strategy, max_new_tokens,
                        eos_id, seeds)
 
 
-def _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens, eos_id, seeds):
-    encoder_decoder = incremental.is_encoder_decoder(module)
-    if encoder_decoder and encoder_inputs is None:
-        raise ValueError("an encoder-decoder model decodes from encoder_inputs")
-    rows = encoder_inputs if encoder_decoder else prompts
-    batch = len(rows)
-    prompt_length = 1 if encoder_decoder else _bucketed(max(len(p) for p in prompts))
-    model = incremental.for_model(type(module), module.config, prompt_length + max_new_tokens)
+def _decode(module, fmt, params, prompts, encoder_inputs, strategy, max_new_tokens, eos_id,
+            seeds):
+    prompt, lengths = _prompts(fmt, prompts, encoder_inputs)
+    batch = len(prompt)
+    model = incremental.for_model(type(module), module.config, prompt.shape[1] + max_new_tokens)
     params = incremental.prepare(module, params).params
-    encoder_array = jnp.asarray(_pad(encoder_inputs)) if encoder_decoder else None
-    prompt, lengths = _prompts(model, prompts, encoder_inputs)
+    encoder_array = encoder_lengths = None
+    if fmt.encoder_decoder:
+        encoder_array = jnp.asarray(_pad(encoder_inputs))
+        encoder_lengths = jnp.asarray([len(r) for r in encoder_inputs], jnp.int32)
     if strategy.beam_size > 1:
         tokens, scores = _beam_loop(model, params, jnp.asarray(prompt), jnp.asarray(lengths),
-                                    encoder_array, beam_size=strategy.beam_size,
+                                    encoder_array, encoder_lengths, beam_size=strategy.beam_size,
                                     alpha=strategy.length_penalty_alpha,
                                     max_new_tokens=max_new_tokens, eos_id=eos_id)
         order = jnp.argsort(-scores, axis=1)
         tokens = jnp.take_along_axis(tokens, order[:, :, None], axis=1)
         scores = jnp.take_along_axis(scores, order, axis=1)
-        return {"tokens": _after_eos_zeroed(np.asarray(tokens), eos_id),
+        return {"tokens": _after_eos_padded(np.asarray(tokens), eos_id, fmt.pad_id),
                 "scores": np.asarray(scores)}
     n = strategy.num_samples
     seeds = np.broadcast_to(np.asarray(seeds, np.int64), (batch,))
@@ -282,45 +310,51 @@ def _decode(module, params, prompts, encoder_inputs, strategy, max_new_tokens, e
                               np.uint32)
     tile = lambda x: None if x is None else jnp.repeat(jnp.asarray(x), n, axis=0)
     tokens, scores = _sample_loop(model, params, tile(prompt), tile(lengths),
-                                  tile(encoder_array), jnp.asarray(sample_seeds),
-                                  strategy=strategy, max_new_tokens=max_new_tokens,
-                                  eos_id=eos_id)
-    return {"tokens": _after_eos_zeroed(np.asarray(tokens).reshape(batch, n, -1), eos_id),
+                                  tile(encoder_array), tile(encoder_lengths),
+                                  jnp.asarray(sample_seeds), strategy=strategy,
+                                  max_new_tokens=max_new_tokens, eos_id=eos_id)
+    tokens = np.asarray(tokens).reshape(batch, n, -1)
+    return {"tokens": _after_eos_padded(tokens, eos_id, fmt.pad_id),
             "scores": np.asarray(scores).reshape(batch, n)}
 
 
-def _after_eos_zeroed(tokens: np.ndarray, eos_id: int) -> np.ndarray:
+def _after_eos_padded(tokens: np.ndarray, eos_id: int, pad_id: int) -> np.ndarray:
     after = np.cumsum(tokens == eos_id, axis=-1) - (tokens == eos_id) > 0
-    return np.where(after, 0, tokens)
+    return np.where(after, pad_id, tokens)
 
 
 def decode_uncached(module, params, prompts=None, *, encoder_inputs=None,
-                    max_new_tokens: int = 32, eos_id: int = 1) -> np.ndarray:
+                    max_new_tokens: int = 32) -> np.ndarray:
     """Greedy decoding by full recomputation each step: the reference for the cached path.
 
-    The sequence so far sits in a fixed-size buffer (later slots are zeros a causal decoder
-    cannot see), so the model compiles once per buffer size.
+    Rows start with the format's start id and a prefix-LM prompt is attended bidirectionally,
+    as in training. The sequence so far sits in a fixed-size buffer (later slots are pads a
+    causal decoder cannot see), so the model compiles once per buffer size.
     """
-    encoder_decoder = incremental.is_encoder_decoder(module)
-    rows = encoder_inputs if encoder_decoder else prompts
+    fmt = model_format.of(module)
+    rows = encoder_inputs if fmt.encoder_decoder else prompts
     apply = jax.jit(module.apply)
     outputs = []
     for index in range(len(rows)):
-        prefix = [0] if encoder_decoder else list(prompts[index])
-        buffer = np.zeros((1, len(prefix) + max_new_tokens), np.int32)
+        prefix = [fmt.start_id] + ([] if fmt.encoder_decoder else list(prompts[index]))
+        buffer = np.full((1, len(prefix) + max_new_tokens), fmt.pad_id, np.int32)
         buffer[0, : len(prefix)] = prefix
+        features = {}
+        if fmt.bidirectional_inputs:
+            features["decoder_causal_attention"] = jnp.asarray(
+                np.arange(buffer.shape[1])[None] < len(prefix))
         generated: list[int] = []
         for step in range(max_new_tokens):
             position = len(prefix) + step - 1  # the last filled slot predicts the next token
-            if encoder_decoder:
+            if fmt.encoder_decoder:
                 source = jnp.asarray([encoder_inputs[index]], jnp.int32)
                 logits = apply({"params": params}, source, jnp.asarray(buffer))
             else:
-                logits = apply({"params": params}, jnp.asarray(buffer))
+                logits = apply({"params": params}, jnp.asarray(buffer), **features)
             token = int(jnp.argmax(logits[0, position]))
             generated.append(token)
             buffer[0, position + 1] = token
-            if token == eos_id:
+            if token == fmt.eos_id:
                 break
-        outputs.append(generated + [0] * (max_new_tokens - len(generated)))
+        outputs.append(generated + [fmt.pad_id] * (max_new_tokens - len(generated)))
     return np.asarray(outputs, np.int32)

@@ -28,16 +28,17 @@ from jax.sharding import Mesh
 
 from t5x_lite import partitioning
 from t5x_lite.data import feature_converters as converters
-from t5x_lite.data.vocab import EOS_ID
+from t5x_lite.models import model_format
 from t5x_lite.trainer import mesh_and_rules, model_inputs
 
 Example = Mapping[str, Sequence[int]]
 
 
 # ---------------------------------------------------------------------------- scoring
-def _row(example: Example, layout: str, inputs_length: int, targets_length: int,
-         bidirectional_inputs: bool) -> dict[str, np.ndarray]:
-    """One example as an unpacked, right-padded row of model features."""
+def _row(example: Example, fmt: model_format.ModelFormat, inputs_length: int,
+         targets_length: int) -> dict[str, np.ndarray]:
+    """One example as an unpacked, right-padded row of model features, built by the same
+    feature converter (start id, prefix attention, loss mask) as training rows."""
     inputs = np.asarray(example.get("inputs", ()), np.int32).reshape(-1)
     targets = np.asarray(example["targets"], np.int32).reshape(-1)
     if len(targets) == 0:
@@ -47,13 +48,12 @@ def _row(example: Example, layout: str, inputs_length: int, targets_length: int,
         raise ValueError(f"an example has {len(inputs)} input and {len(targets)} target tokens, "
                          f"more than inputs_length={inputs_length} or "
                          f"targets_length={targets_length}")
-    if layout == "decoder":
+    if fmt.architecture == "decoder":
         lengths = {"targets": inputs_length + targets_length}
     else:
         lengths = {"inputs": inputs_length, "targets": targets_length}
-    features, _ = converters.to_packable({"inputs": inputs, "targets": targets}, layout,
-                                         lengths, eos_id=EOS_ID)
-    padded_lengths = converters.packing_lengths(layout, lengths)
+    features, _ = converters.to_packable({"inputs": inputs, "targets": targets}, fmt, lengths)
+    padded_lengths = converters.packing_lengths(fmt.architecture, lengths)
     packed = {}
     for name, values in features.items():
         length = padded_lengths[name]
@@ -62,7 +62,7 @@ def _row(example: Example, layout: str, inputs_length: int, targets_length: int,
             packed[f"{name}_segment_ids"] = (np.arange(length) < len(values)).astype(np.int32)
             packed[f"{name}_positions"] = np.where(np.arange(length) < len(values),
                                                    np.arange(length), 0).astype(np.int32)
-    return converters.convert(packed, layout, bidirectional_inputs)
+    return converters.convert(packed, fmt)
 
 
 def _stack(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -104,37 +104,39 @@ def score(
     params: Any,
     examples: Sequence[Example],
     *,
-    layout: str | None = None,
     batch_size: int,
     inputs_length: int,
     targets_length: int,
-    bidirectional_inputs: bool = True,
     mesh: Mesh | None = None,
     rules: partitioning.LogicalRules | None = None,
 ) -> list[dict[str, float | int]]:
     """Log-likelihood of each example's `targets` given its `inputs` (token id lists).
 
-    The targets are scored as given (append EOS yourself to score it); pad ids (0) in the
-    targets are not scored, as in training. `layout` defaults to the module's
-    `feature_converter` ('decoder' if it has none). A 'decoder' row is inputs + targets
-    (`inputs_length + targets_length` positions) with bidirectional attention over the inputs
-    when `bidirectional_inputs`; an 'encoder_decoder' model encodes the inputs (a lone EOS if
-    empty). With a `mesh`, batches and parameters are sharded over it by `rules`
+    The targets are scored as given (append EOS yourself to score it); every target token
+    counts, whatever its id. Rows are read as the model's format says (models/model_format.py),
+    exactly as training read them: a decoder-only row is [start] + inputs + targets
+    (`inputs_length + targets_length` positions), its inputs attended causally or
+    bidirectionally as the model was trained; an encoder-decoder model encodes the inputs (a
+    lone EOS if empty). With a `mesh`, batches and parameters are sharded over it by `rules`
     (default `partitioning.DEFAULT_RULES`) and `batch_size` must divide over its batch shards.
     Returns, per example, `log_likelihood` (sum), `mean_log_likelihood` and `num_tokens`.
     """
-    layout = layout or getattr(module, "feature_converter", "decoder")
-    if layout not in converters.LAYOUTS:
-        raise ValueError(f"layout must be one of {converters.LAYOUTS}, got {layout!r}")
+    fmt = model_format.of(module)
     if batch_size <= 0 or inputs_length < 0 or targets_length <= 0:
         raise ValueError(f"need batch_size > 0, inputs_length >= 0 and targets_length > 0, got "
                          f"{batch_size}, {inputs_length}, {targets_length}")
-    if layout == "encoder_decoder" and inputs_length == 0:
+    if fmt.encoder_decoder and inputs_length == 0:
         raise ValueError("an encoder-decoder model needs inputs_length >= 1")
     if not examples:
         return []
-    rows = [_row(e, layout, inputs_length, targets_length, bidirectional_inputs)
-            for e in examples]
+    for index, example in enumerate(examples):
+        inputs, targets = list(example.get("inputs", ())), list(example["targets"])
+        if fmt.encoder_decoder:
+            model_format.check_row(module, inputs, f"example {index} inputs")
+            model_format.check_row(module, targets, f"example {index} targets")
+        else:
+            model_format.check_row(module, inputs + targets, f"example {index}")
+    rows = [_row(e, fmt, inputs_length, targets_length) for e in examples]
     context, sharding, out_sharding = None, None, None
     if mesh is not None:
         rules = tuple(tuple(r) for r in (rules or partitioning.DEFAULT_RULES))

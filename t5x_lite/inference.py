@@ -9,25 +9,29 @@ half-written file behind.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Iterable, Sequence
 
 import jax
 import numpy as np
 
-from t5x_lite import decoding, evaluation, partitioning
+from t5x_lite import decoding, evaluation, partitioning, paths
 from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import pipeline
-
-
-class InputError(ValueError):
-    """A bad input file; the message names the file and line."""
+from t5x_lite.errors import InputError  # the CLI exits with code 2 on it
+from t5x_lite.models import model_format
 
 
 def read_jsonl(path: str, required: Sequence[str]) -> list[dict]:
+    """The records of a JSONL file (local, file:// or gs://); each `required` field must be
+    text or a list (of token ids, checked where they are used). A file without records is an
+    error, as is a malformed line: both name the file (and line)."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with paths.as_path(path).open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{path}:{number}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:
@@ -37,24 +41,21 @@ def read_jsonl(path: str, required: Sequence[str]) -> list[dict]:
             if not isinstance(record, dict):
                 raise InputError(f"{path}:{number}: expected a JSON object")
             for key in required:
-                if not isinstance(record.get(key), str):
-                    raise InputError(f"{path}:{number}: needs a string field {key!r}")
+                if not isinstance(record.get(key), (str, list)):
+                    raise InputError(f"{path}:{number}: needs a field {key!r} (text or a list "
+                                     "of token ids)")
             records.append(record)
+    if not records:
+        raise InputError(f"{path}: no records (expected one JSON object per line)")
     return records
 
 
 def write_jsonl_atomically(path: str, records: Iterable[dict]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Writes `records` to `path` (local, file:// or gs://) so that it appears complete or not
+    at all: a failure while writing leaves an existing file as it was (paths.atomic_output)."""
+    with paths.atomic_output(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def load(model, model_dir: str):
@@ -65,42 +66,57 @@ def load(model, model_dir: str):
     return params
 
 
-def _encode_inputs(vocabulary, model, texts: Sequence[str]) -> tuple[list, list]:
-    ids = [vocabulary.encode(t) for t in texts]
-    if getattr(model, "feature_converter", "decoder") == "encoder_decoder":
-        return None, [i + [vocabulary.eos_id] for i in ids]
-    return ids, None
+def _token_ids(record: dict, key: str, vocabulary, where: str) -> list[int]:
+    """A field as token ids: a list of ints is taken as it is (pre-tokenized input, e.g. for a
+    model imported without a SentencePiece vocabulary); text needs the vocabulary."""
+    value = record[key]
+    if isinstance(value, list):
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+            raise InputError(f"{where}: {key!r} must be text or a list of token ids")
+        return list(value)
+    if vocabulary is None:
+        raise InputError(f"{where}: {key!r} is text but no VOCABULARY is bound (give token ids, "
+                         "or a vocabulary, e.g. --gin_file=data/python_docs.gin)")
+    return vocabulary.encode(value)
+
+
+def _decode_text(vocabulary, tokens: list[int]) -> str | None:
+    return None if vocabulary is None else vocabulary.decode(tokens)
 
 
 def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: str | None,
           strategy: decoding.Strategy = decoding.Strategy(), max_new_tokens: int = 64,
           batch_size: int = 8, seed: int = 0, mesh_shape=(1, 1, 1),
           logical_axis_rules=partitioning.DEFAULT_RULES, params=None) -> list[dict]:
-    """Generates for every `inputs` line; writes {inputs, outputs: [text], tokens, scores}
-    to `output_path` (if given) and returns the same records."""
+    """Generates for every `inputs` line (text, or token ids); writes {inputs, outputs: [text],
+    tokens, scores} to `output_path` (if given) and returns the same records. Prompts are read
+    as the model's format says (start id, EOS, prefix attention; models/model_format.py)."""
+    fmt = model_format.of(model)
     records = read_jsonl(input_path, ["inputs"])
+    prompts = [_token_ids(r, "inputs", vocabulary, f"{input_path} record {i + 1}")
+               for i, r in enumerate(records)]
+    if fmt.encoder_decoder:  # encoder inputs end with EOS, as span corruption's do
+        prompts = [p + [fmt.eos_id] for p in prompts]
     # Into decoding's layout once, not per batch (the trained layout is not kept).
     params = decoding.prepare_params(model, load(model, model_dir) if params is None else params)
     mesh = partitioning.make_mesh(mesh_shape)
     results = []
     for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        prompts, encoder_inputs = _encode_inputs(vocabulary, model,
-                                                 [r["inputs"] for r in chunk])
+        chunk, rows = records[start : start + batch_size], prompts[start : start + batch_size]
         seeds = [int(r.get("seed", seed + start + i)) for i, r in enumerate(chunk)]
-        out = decoding.decode(model, params, prompts, encoder_inputs=encoder_inputs,
-                              strategy=strategy, max_new_tokens=max_new_tokens,
-                              eos_id=vocabulary.eos_id, seeds=seeds, mesh=mesh,
-                              logical_axis_rules=logical_axis_rules)
+        out = decoding.decode(model, params, None if fmt.encoder_decoder else rows,
+                              encoder_inputs=rows if fmt.encoder_decoder else None,
+                              strategy=strategy, max_new_tokens=max_new_tokens, seeds=seeds,
+                              mesh=mesh, logical_axis_rules=logical_axis_rules)
         for record, tokens, scores in zip(chunk, out["tokens"], out["scores"]):
-            token_lists = [_until_eos(t, vocabulary.eos_id) for t in tokens]
+            token_lists = [_until_eos(t, fmt.eos_id) for t in tokens]
             results.append({
                 "inputs": record["inputs"],
-                "outputs": [vocabulary.decode(t) for t in token_lists],
+                "outputs": [_decode_text(vocabulary, t) for t in token_lists],
                 "tokens": token_lists,
                 "scores": [float(s) for s in scores],
             })
-    if output_path:
+    if output_path and jax.process_index() == 0:  # every process computed the same results
         write_jsonl_atomically(output_path, results)
     return results
 
@@ -113,25 +129,30 @@ def _until_eos(tokens: np.ndarray, eos_id: int) -> list[int]:
 def score(*, model, vocabulary, model_dir: str, input_path: str, output_path: str,
           batch_size: int = 8, mesh_shape=(1, 1, 1),
           logical_axis_rules=partitioning.DEFAULT_RULES, params=None) -> list[dict]:
-    """Log-likelihood of each line's `targets` (EOS appended) given its `inputs`."""
+    """Log-likelihood of each line's `targets` (EOS appended) given its `inputs`; each field is
+    text or token ids. Rows are read as training read them (evaluation.score)."""
+    fmt = model_format.of(model)
     records = read_jsonl(input_path, ["inputs", "targets"])
+    examples = []
+    for index, record in enumerate(records):
+        where = f"{input_path} record {index + 1}"
+        examples.append({"inputs": _token_ids(record, "inputs", vocabulary, where),
+                         "targets": _token_ids(record, "targets", vocabulary, where)
+                         + [fmt.eos_id]})
     params = load(model, model_dir) if params is None else params
-    examples = [{"inputs": vocabulary.encode(r["inputs"]),
-                 "targets": vocabulary.encode(r["targets"]) + [vocabulary.eos_id]}
-                for r in records]
     scores = _score_examples(model, params, examples, batch_size, mesh_shape, logical_axis_rules)
     results = [dict(r, **s) for r, s in zip(records, scores)]
-    write_jsonl_atomically(output_path, results)
+    if jax.process_index() == 0:  # every process computed the same scores
+        write_jsonl_atomically(output_path, results)
     return results
 
 
 def _score_examples(model, params, examples, batch_size, mesh_shape, rules):
-    layout = getattr(model, "feature_converter", "decoder")
     longest_inputs = max(max(len(e["inputs"]) for e in examples), 1)
     longest_targets = max(len(e["targets"]) for e in examples)
     mesh = partitioning.make_mesh(mesh_shape)
     divisor = partitioning.batch_divisor(mesh, rules)
-    return evaluation.score(model, params, examples, layout=layout,
+    return evaluation.score(model, params, examples,
                             batch_size=-(-batch_size // divisor) * divisor,
                             inputs_length=longest_inputs, targets_length=longest_targets,
                             mesh=mesh, rules=rules)
@@ -151,14 +172,16 @@ def evaluate(*, model, vocabulary, model_dir: str, eval_data: pipeline.DatasetCo
     results: dict[str, Any] = {}
     if eval_data is not None:
         mesh = partitioning.make_mesh(mesh_shape)
-        layout = getattr(model, "feature_converter", "decoder")
+        fmt = model_format.of(model)
         schedule = optimizers.constant(0.0)
         trainer = Trainer(model, optimizers.adamw(schedule), schedule, mesh, logical_axis_rules,
-                          batch_shapes=converters.batch_shapes(layout, feature_lengths,
+                          batch_shapes=converters.batch_shapes(fmt, feature_lengths,
                                                                batch_size))
+        shard_index, shard_count = partitioning.batch_shard(mesh, trainer.rules)
         dataset, _ = pipeline.make_dataset(
             eval_data, vocabulary, feature_lengths=feature_lengths, batch_size=batch_size,
-            objective=objective, layout=layout, seed=seed, shuffle=False, repeat=False)
+            objective=objective, model_format=fmt, seed=seed, shuffle=False, repeat=False,
+            shard_index=shard_index, shard_count=shard_count)
         placed = jax.device_put(params, trainer.state_shardings.params)
         results.update({f"{eval_data.split}/{k}": v for k, v in
                         train_loop.evaluate(trainer, placed, dataset, eval_batches).items()})

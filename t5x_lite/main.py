@@ -8,6 +8,10 @@
 Every subcommand takes `--gin_file` (repeatable), `--gin.NAME=VALUE` (repeatable, applied
 after the files; later wins) and `--gin_search_paths`. A configuration mistake prints one
 line naming the binding and its file and exits with code 2 (`--verbose` adds the traceback).
+
+train, infer, score and eval run multi-process when every host runs the same command with
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with no flags on a
+TPU pod, where jax finds them itself (see t5x_lite/distributed.py).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ WIRING = {
         "inference.evaluate.feature_lengths = %TASK_FEATURE_LENGTHS",
         "inference.evaluate.objective = %OBJECTIVE"]),
 }
+# Commands that run on the devices of a (possibly multi-process) job.
+DISTRIBUTED_COMMANDS = ("train", "infer", "score", "eval")
 # `params` counts whatever model the files bind to the MODEL macro.
 PARAMS_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.metrics as metrics
@@ -75,12 +81,27 @@ def _parser() -> argparse.ArgumentParser:
                              help="show tracebacks and library logs")
         if name == "convert":
             _convert_arguments(command)
+        if name in DISTRIBUTED_COMMANDS:
+            _distributed_arguments(command)
         if name in ("infer", "score", "eval"):
             command.add_argument("--input", required=name != "eval",
                                  help="JSONL input file")
             command.add_argument("--output", required=name != "eval",
                                  help="JSONL output file (written atomically)")
     return parser
+
+
+def _distributed_arguments(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group(
+        "multi-process", "every process runs the same command (see t5x_lite/distributed.py)")
+    group.add_argument("--coordinator_address", metavar="HOST:PORT",
+                       help="process 0's address, for jax.distributed.initialize")
+    group.add_argument("--num_processes", type=int, help="how many processes the job has")
+    group.add_argument("--process_id", type=int, help="this process's index, 0 .. N-1")
+    group.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                       help="auto (default): initialize when these flags are given or on a "
+                            "detected TPU pod/VM; on: always (jax detects SLURM, MPI, ...); "
+                            "off: never")
 
 
 def _convert_arguments(command: argparse.ArgumentParser) -> None:
@@ -125,12 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        for noisy in ("absl", "jax", "orbax", "grain", "tensorflow_datasets"):
+        for noisy in ("absl", "jax", "orbax", "grain", "tensorflow_datasets", "gcsfs"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
     from t5x_lite import config as config_lib  # imports gin: the edge of the program
+    from t5x_lite.errors import InputError
 
     try:
+        if args.command in DISTRIBUTED_COMMANDS:
+            # Before anything else touches jax's devices (gin below builds models and data).
+            from t5x_lite import distributed
+
+            distributed.initialize(args.coordinator_address, args.num_processes,
+                                   args.process_id, mode=args.distributed)
         search_paths = [p for p in args.gin_search_paths.split(",") if p]
         if args.command == "convert":
             return _convert(args, bindings, search_paths)
@@ -146,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"t5x-lite: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except InputError as error:  # a value, file or request the model cannot take
+        if args.verbose:
+            traceback.print_exc()
+        print(f"t5x-lite: input error: {error}".splitlines()[0], file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     except Exception as error:  # noqa: BLE001 - one line unless --verbose
         if args.verbose:
             traceback.print_exc()
@@ -158,15 +191,19 @@ def main(argv: list[str] | None = None) -> int:
 def _train(gin_config) -> int:
     from t5x_lite import config as config_lib, train_loop
 
+    import jax
+
     model_dir = config_lib.macro_value("MODEL_DIR")
-    if isinstance(model_dir, str):
+    # Only process 0 writes shared files.
+    writes_config = isinstance(model_dir, str) and jax.process_index() == 0
+    if writes_config:
         config_lib.write_operative_config(model_dir, "config.gin")  # the full config, up front
     # gin builds the vocabulary (minutes on first use) before `train` runs: check first.
     config_lib.check_arguments(gin_config, train_loop.train, train_loop.check_arguments)
     try:
         config_lib.call(gin_config, train_loop.train)
     finally:
-        if isinstance(model_dir, str):
+        if writes_config:
             config_lib.write_operative_config(model_dir, "config.gin")  # what was really used
     return 0
 
@@ -205,6 +242,7 @@ def _convert(args, bindings: list[str], search_paths: list[str]) -> int:
     MODEL_DIR/model_config.json (written by the import), else MODEL_DIR/config.gin (a
     training run); the weights from the newest MODEL_DIR/checkpoints step, else
     MODEL_DIR/params."""
+    from t5x_lite import paths
     from t5x_lite.interop import convert
 
     if bool(args.from_hf) + bool(args.to_hf) != 1 or bool(args.from_hf) != bool(args.to) \
@@ -214,14 +252,14 @@ def _convert(args, bindings: list[str], search_paths: list[str]) -> int:
     if args.from_hf:
         module = convert.import_hf(args.from_hf, args.to, scan_layers=not args.unrolled)
         print(f"wrote {type(module).__name__} to {args.to} "
-              f"(fine-tune with --gin_file={os.path.join(args.to, convert.MODEL_GIN)})")
+              f"(fine-tune with --gin_file={paths.as_path(args.to) / convert.MODEL_GIN})")
         return 0
     model_dir = args.from_dir
     gin_files = list(args.gin_file)
-    run_config = os.path.join(model_dir, "config.gin")
-    if not gin_files and not os.path.exists(os.path.join(model_dir, convert.MODEL_CONFIG)) \
-            and os.path.exists(run_config):
-        gin_files = [run_config]
+    run_config = paths.as_path(model_dir) / "config.gin"
+    if not gin_files and not (paths.as_path(model_dir) / convert.MODEL_CONFIG).exists() \
+            and run_config.exists():
+        gin_files = [str(run_config)]
     if not gin_files:
         convert.export_hf(model_dir, args.to_hf, dtype=args.dtype)
     else:
@@ -232,9 +270,9 @@ def _convert(args, bindings: list[str], search_paths: list[str]) -> int:
         init_from = config_lib.macro_value("INIT_FROM")
         hf_config = None
         if isinstance(init_from, str):
-            imported = os.path.dirname(os.path.normpath(init_from))
-            if os.path.exists(os.path.join(imported, convert.MODEL_CONFIG)):
-                hf_config = convert.read_model_config(imported)[1]
+            imported = paths.as_path(init_from).parent  # INIT_FROM is MODEL_DIR/params
+            if (imported / convert.MODEL_CONFIG).exists():
+                hf_config = convert.read_model_config(str(imported))[1]
         config_lib.call(gin_config, convert.export_hf, model_dir=model_dir,
                         out_dir=args.to_hf, dtype=args.dtype, hf_config=hf_config)
     print(f"wrote config.json and model.safetensors to {args.to_hf}")

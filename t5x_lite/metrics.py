@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from t5x_lite import paths
 
 # Dense bf16 peak FLOP/s per chip from vendor data sheets.
 KNOWN_PEAK_FLOPS = {
@@ -65,11 +66,14 @@ def flops_per_step(
 def model_flops_per_step(model, params: Any, feature_lengths, batch_size: int) -> float:
     """Training FLOPs of one step for a decoder-only or an encoder-decoder model.
 
-    Encoder-decoder: each stack's parameters see their own tokens,
-        6 · (N_encoder · Li + N_decoder · Lt) · B
+    Encoder-decoder: each matmul weight counts 6 FLOPs per token it multiplies,
+        6 · ((N_encoder + N_cross_kv) · Li + N_decoder · Lt) · B
       + 12 · H · Q · B · (L_enc · Li² + L_dec · Lt² + L_dec · Lt · Li)
-    (encoder self-attention, decoder self-attention, cross-attention); the output projection
-    counts with the decoder.
+    (encoder self-attention, decoder self-attention, cross-attention). The cross-attention
+    key and value kernels (N_cross_kv) project the Li encoder outputs, not the Lt targets;
+    the output projection counts with the decoder; the relative position tables are lookups
+    and do not count (PaLM's accounting, Chowdhery et al. 2022, appendix B, applied per
+    token stream; checked against XLA's count of the compiled step in tests/test_flops.py).
     """
     cfg = model.config
     if "encoder" not in params:
@@ -79,10 +83,19 @@ def model_flops_per_step(model, params: Any, feature_lengths, batch_size: int) -
             sequence_length=feature_lengths["targets"],
             tokens_per_step=batch_size * feature_lengths["targets"])
     inputs, targets = feature_lengths["inputs"], feature_lengths["targets"]
-    n_encoder = count_params(params["encoder"])
-    n_decoder = count_params(params["decoder"])
+
+    def count(stack, keep):
+        leaves = jax.tree_util.tree_leaves_with_path(stack)
+        names = lambda path: {str(getattr(k, "key", k)) for k in path}
+        return sum(math.prod(x.shape) for path, x in leaves if keep(names(path)))
+
+    not_table = lambda names: "relpos_bias" not in names
+    cross_kv = lambda names: "cross_attention" in names and bool({"key", "value"} & names)
+    n_encoder = count(params["encoder"], not_table)
+    n_cross_kv = count(params["decoder"], cross_kv)
+    n_decoder = count(params["decoder"], not_table) - n_cross_kv
     n_decoder += count_params(params["token_embed"] if cfg.tie_embeddings else params["lm_head"])
-    dense = 6 * (n_encoder * inputs + n_decoder * targets) * batch_size
+    dense = 6 * ((n_encoder + n_cross_kv) * inputs + n_decoder * targets) * batch_size
     attention = 12 * cfg.num_heads * cfg.head_dim * batch_size * (
         cfg.num_encoder_layers * inputs**2 + cfg.num_decoder_layers * (targets**2 + targets * inputs))
     return float(dense + attention)
@@ -120,26 +133,41 @@ def peak_flops_total(peak_flops_per_device: float | None = None) -> tuple[float,
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard.
+
+    On local disk each record is appended. An object store cannot append, so on gs:// the file
+    is rewritten whole (one atomic upload) after each record, starting from what a resumed run
+    had already written."""
 
     def __init__(self, model_dir: str, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(model_dir, "metrics.jsonl")
+        directory = paths.as_path(model_dir, check=enabled)
+        self.path = directory / "metrics.jsonl"
         self._tb = None
+        self._lines: list[str] | None = None  # the whole file, where it cannot be appended to
         if enabled:
-            os.makedirs(model_dir, exist_ok=True)
+            paths.ensure_dir(directory)
+            if not paths.is_local(directory):
+                self._lines = (self.path.read_text().splitlines(keepends=True)
+                               if self.path.exists() else [])
             from tensorboardX import SummaryWriter  # heavy import only on the writing host
 
-            self._tb = SummaryWriter(os.path.join(model_dir, "tensorboard"))
+            # tensorboardX writes gs:// itself (google-cloud-storage, from the gcs extra).
+            self._tb = SummaryWriter(str(directory / "tensorboard"))
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": int(step)}
         record.update({k: _plain(v) for k, v in values.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        line = json.dumps(record) + "\n"
+        if self._lines is None:
+            with self.path.open("a") as f:
+                f.write(line)
+                f.flush()
+        else:
+            self._lines.append(line)
+            paths.atomic_write_text(self.path, "".join(self._lines))
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
@@ -157,15 +185,15 @@ def _plain(value):
 
 
 def read_metrics(model_dir: str) -> list[dict]:
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = paths.as_path(model_dir) / "metrics.jsonl"
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_losses(model_dir: str, filename: str = "loss.png") -> str | None:
     """Train and validation loss against step, written atomically next to the metrics."""
+    directory = paths.as_path(model_dir)
     records = read_metrics(model_dir)
     train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
     valid = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
@@ -183,16 +211,17 @@ def plot_losses(model_dir: str, filename: str = "loss.png") -> str | None:
         ax.plot(*zip(*valid), "o-", label="validation loss", lw=1.5)
     ax.set_xlabel("step")
     ax.set_ylabel("cross entropy (nats/token)")
-    ax.set_title(os.path.basename(os.path.normpath(model_dir)))
+    ax.set_title(directory.name)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = os.path.join(model_dir, filename)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    path = directory / filename
+    try:
+        with paths.atomic_output(path, binary=True) as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
+    return str(path)
 
 
 def parameter_counts(model, sequence_length: int = 8) -> dict[str, int]:

@@ -1,36 +1,163 @@
-"""`train`: the pretraining loop that gin wires together (see gin_configs/runs/).
+"""The loop skeleton every training job runs, and `train`, the pretraining job gin wires up.
 
-It resumes on its own from the newest readable checkpoint in `model_dir`, logs metrics every
-`log_every` steps, evaluates every `eval_every` steps, saves checkpoints with the data
-iterator state, and stops with a clear error (keeping the last good checkpoint) if the loss
-turns NaN or infinite.
+`run` owns what every job needs and none should copy: resuming from the newest readable
+checkpoint (with the data iterator's state), the progress bar, logging every `log_every` steps
+(metrics.jsonl + TensorBoard, process 0 only), evaluation every `eval_every` steps,
+checkpointing, and stopping with a clear error (keeping the last good checkpoint) when the
+loss or the parameters stop being finite. A job contributes its state, its step function, its
+batches and its evaluation:
+
+    run = Run.open(model_dir, schedule)             # directory, checkpointer, metrics writer
+    state, start = run.restore_or_init(abstract_state, init_fn, data_iterator)
+    last = run.loop(state, start, step_fn, next_batch, data_iterator, evaluate=...)
+
+`train` below is pretraining; instruction tuning, reward models, DPO and PPO call the same
+three lines with their own step functions.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import os
 import sys
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
 import optax
 import tqdm
+from etils import epath
 
-from t5x_lite import checkpoints, metrics as metrics_lib, partitioning
+from t5x_lite import checkpoints, metrics as metrics_lib, partitioning, paths
 from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import objectives, pipeline
+from t5x_lite.models import model_format
 from t5x_lite.trainer import Trainer, summarize_eval
 
 logger = logging.getLogger(__name__)
+StepFn = Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]]
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the message says which checkpoint is still good."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When the loop logs, evaluates and checkpoints (every value a positive step count)."""
+
+    train_steps: int
+    log_every: int = 10
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        _check_positive(train_steps=self.train_steps, log_every=self.log_every,
+                        eval_every=self.eval_every, checkpoint_every=self.checkpoint_every)
+
+
+@dataclasses.dataclass
+class Run:
+    """One model directory being trained: its checkpoints and its metrics."""
+
+    model_dir: epath.Path
+    schedule: Schedule
+    checkpointer: checkpoints.Checkpointer
+    writer: metrics_lib.MetricsWriter
+
+    @classmethod
+    def open(cls, model_dir: str, schedule: Schedule) -> "Run":
+        path = paths.as_path(model_dir)  # file:// URLs; an unreachable bucket fails in one line
+        if is_writer():
+            path.mkdir(parents=True, exist_ok=True)
+        ckpt = checkpoints.Checkpointer(str(path / "checkpoints"),
+                                        save_every=schedule.checkpoint_every,
+                                        keep=schedule.keep_checkpoints)
+        return cls(path, schedule, ckpt, metrics_lib.MetricsWriter(str(path), enabled=is_writer()))
+
+    def restore_or_init(self, abstract_state, init: Callable[[], Any], data_iterator=None):
+        """(state, start step): the newest checkpoint's (data iterator restored in place), or
+        `init()` at step 0 when the directory has none. An incompatible checkpoint raises."""
+        restored = self.checkpointer.restore_latest(abstract_state, data_iterator)
+        if restored is None:
+            return init(), 0
+        step, state = restored
+        say(f"resumed from checkpoint at step {step} in {self.model_dir}")
+        return state, step
+
+    def loop(self, state, start_step: int, step_fn: StepFn, next_batch: Callable[[], Any],
+             data_iterator=None, *, evaluate: Callable[[Any], Mapping[str, float]] | None = None,
+             perf: Callable[[float], Mapping[str, float]] | None = None) -> dict[str, Any]:
+        """Runs `step_fn` from `start_step` to the schedule's end; returns the last logged
+        metrics. `step_fn(state, batch)` returns (state, metrics) with a scalar `loss` (and
+        optionally `param_norm`); `evaluate(state)` returns metrics with a `loss`; `perf(step
+        time)` adds figures (throughput, MFU) to each log line."""
+        schedule = self.schedule
+        bar = tqdm.tqdm(total=schedule.train_steps, initial=start_step, dynamic_ncols=True,
+                        disable=not (schedule.progress_bar and is_writer()), file=sys.stderr,
+                        desc="train")
+        last: dict[str, Any] = {}
+        good_step = start_step if start_step else None
+        window_start, window_steps = time.perf_counter(), 0
+        try:
+            for step in range(start_step, schedule.train_steps):
+                state, step_metrics = step_fn(state, next_batch())
+                done, window_steps = step + 1, window_steps + 1
+                _check_finite(step_metrics, done, good_step, self.model_dir)
+                bar.update(1)
+                if done % schedule.log_every == 0 or done == schedule.train_steps:
+                    step_time = (time.perf_counter() - window_start) / window_steps
+                    values = {f"train/{k}": float(v)
+                              for k, v in jax.device_get(dict(step_metrics)).items()}
+                    values.update(perf(step_time) if perf else {})
+                    self.writer.write(done, values)
+                    bar.set_postfix(loss=f"{values['train/loss']:.3f}")
+                    last, window_start, window_steps = values, time.perf_counter(), 0
+                if evaluate is not None and (done % schedule.eval_every == 0
+                                             or done == schedule.train_steps):
+                    eval_values = {f"eval/{k}": v for k, v in evaluate(state).items()}
+                    self.writer.write(done, eval_values)
+                    if is_writer():
+                        bar.write(_eval_line(done, last, eval_values))
+                    last.update(eval_values)
+                    window_start = time.perf_counter()  # evaluation time is not step time
+                if self.checkpointer.save(done, state, data_iterator,
+                                          force=done == schedule.train_steps):
+                    good_step = done
+        finally:
+            bar.close()
+            self.checkpointer.close()
+            self.writer.close()
+        if is_writer():
+            metrics_lib.plot_losses(str(self.model_dir))
+        return last
+
+
+def _check_finite(step_metrics, step: int, good_step: int | None, model_dir) -> None:
+    """Two scalars per step: cheap, and a NaN never reaches a checkpoint."""
+    names = [k for k in ("loss", "param_norm") if k in step_metrics]
+    values = jax.device_get([step_metrics[k] for k in names])
+    for name, value in zip(names, values):
+        if not math.isfinite(float(value)):
+            what = "loss" if name == "loss" else "parameter norm after the update"
+            kept = (f"The last good checkpoint is step {good_step} in {model_dir}."
+                    if good_step is not None else "No checkpoint was saved.")
+            raise NonFiniteLossError(f"{what} is {float(value)} at step {step}; training "
+                                     f"stopped. {kept}")
+
+
+def _eval_line(step: int, last: Mapping[str, Any], eval_values: Mapping[str, float]) -> str:
+    line = f"step {step}: train loss {last.get('train/loss', math.nan):.4f} | " \
+           f"eval loss {eval_values['eval/loss']:.4f}"
+    if "eval/perplexity" in eval_values:
+        line += f" | eval perplexity {eval_values['eval/perplexity']:.2f}"
+    return line
+
+
+# ----------------------------------------------------------------------------- pretraining
 def train(
     *,
     model_dir: str,
@@ -44,9 +171,9 @@ def train(
     batch_size: int,
     feature_lengths: Mapping[str, int],
     mesh_shape=(-1, 1, 1),
+    dcn_mesh_shape=None,
     logical_axis_rules=partitioning.DEFAULT_RULES,
     objective=objectives.CausalLM(),
-    bidirectional_inputs: bool = True,
     seed: int = 0,
     init_from: str | None = None,
     log_every: int = 10,
@@ -60,144 +187,117 @@ def train(
     peak_flops_per_device: float | None = None,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
-    """Trains `model` for `train_steps` steps in total; returns the last logged metrics.
+    """Pretrains `model` for `train_steps` steps in total; returns the last logged metrics.
 
     `feature_lengths` are T5X's TASK_FEATURE_LENGTHS: {'targets': L} for a decoder-only model,
-    {'inputs': Li, 'targets': Lt} for an encoder-decoder. `bidirectional_inputs` gives a
-    decoder-only model bidirectional attention over an objective's inputs (prefix LM); with
-    False the inputs are read causally and only the loss skips them. `init_from`, a
-    params-only checkpoint (e.g. from `t5x-lite convert`), gives a new run its initial
-    parameters; it is ignored once `model_dir` has a checkpoint to resume from.
+    {'inputs': Li, 'targets': Lt} for an encoder-decoder. How rows start and whether a
+    decoder-only model reads an objective's inputs bidirectionally (prefix LM) is the model's
+    format (`config.format`, models/model_format.py), shared with scoring and decoding.
+    `init_from`, a params-only checkpoint (e.g. from `t5x-lite convert`), gives a new run its
+    initial parameters; it is ignored once `model_dir` has a checkpoint to resume from.
     """
     check_arguments(train_steps=train_steps, batch_size=batch_size,
                     feature_lengths=feature_lengths, log_every=log_every,
                     eval_every=eval_every, checkpoint_every=checkpoint_every)
-    layout = getattr(model, "feature_converter", "decoder")
-    converters.check_layout(layout, feature_lengths)
-    model_vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if model_vocab is not None and model_vocab < vocabulary.vocab_size:
-        raise ValueError(
-            f"vocab_size={model_vocab} of the model is smaller than the vocabulary's "
-            f"{vocabulary.vocab_size} ids (pieces + extra ids)"
-        )
-    os.makedirs(model_dir, exist_ok=True)
-    mesh = partitioning.make_mesh(mesh_shape)
+    fmt = model_format.of(model)
+    converters.check_layout(fmt.architecture, feature_lengths)
+    _check_model_reads(model, vocabulary, feature_lengths)
+    mesh = partitioning.make_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
     trainer = Trainer(
         model, optimizer(learning_rate=learning_rate), learning_rate, mesh, logical_axis_rules,
-        batch_shapes=converters.batch_shapes(layout, feature_lengths, batch_size,
-                                             bidirectional_inputs),
+        batch_shapes=converters.batch_shapes(fmt, feature_lengths, batch_size),
         label_smoothing=label_smoothing, z_loss=z_loss, num_microbatches=num_microbatches,
     )
     divisor = partitioning.batch_divisor(mesh, trainer.rules)
     if batch_size % divisor:
         raise ValueError(f"batch_size={batch_size} must be a multiple of the {divisor} "
                          f"batch shards of mesh {dict(mesh.shape)}")
+    shard_index, shard_count = partitioning.batch_shard(mesh, trainer.rules)
 
-    def dataset(config, *, training, stats=None):
+    def dataset(config, *, training):
         return pipeline.make_dataset(
             config, vocabulary, feature_lengths=feature_lengths, batch_size=batch_size,
-            objective=objective, layout=layout, bidirectional_inputs=bidirectional_inputs,
-            seed=seed, shuffle=training, repeat=training, stats=stats,
-        )
+            objective=objective, model_format=fmt, seed=seed, shuffle=training,
+            repeat=training, shard_index=shard_index, shard_count=shard_count)
 
     train_dataset, stats = dataset(train_data, training=True)
     train_iter = iter(train_dataset)
-    ckpt = checkpoints.Checkpointer(
-        os.path.join(model_dir, "checkpoints"), save_every=checkpoint_every,
-        keep=keep_checkpoints,
-    )
-    restored = ckpt.restore_latest(trainer.abstract_state_with_shardings(), train_iter)
-    if restored is None:
-        state, start_step = trainer.create_state(seed), 0
+    run = Run.open(model_dir, Schedule(train_steps, log_every, eval_every, checkpoint_every,
+                                       keep_checkpoints, progress_bar))
+
+    def init():
+        state = trainer.create_state(seed)
         if init_from:
             state = state.replace(params=checkpoints.restore_params(
                 init_from, trainer.abstract_state_with_shardings().params))
-            _say(f"initialised parameters from {init_from}")
-    else:
-        start_step, state = restored
-        _say(f"resumed from checkpoint at step {start_step} in {model_dir}")
-    last_good_step = start_step if restored else None
+            say(f"initialised parameters from {init_from}")
+        return state
 
-    is_writer = jax.process_index() == 0
-    writer = metrics_lib.MetricsWriter(model_dir, enabled=is_writer)
+    state, start_step = run.restore_or_init(trainer.abstract_state_with_shardings(), init,
+                                            train_iter)
+    perf = _perf_figures(trainer, model, feature_lengths, batch_size, peak_flops_per_device,
+                         stats, mesh)
+
+    def evaluate_now(state):
+        eval_dataset, _ = dataset(eval_data, training=False)
+        return evaluate(trainer, state.params, eval_dataset, eval_batches)
+
+    return run.loop(
+        state, start_step, trainer.train_step,
+        lambda: pipeline.global_batch(next(train_iter), trainer.batch_sharding, batch_size),
+        train_iter, evaluate=evaluate_now if eval_data is not None else None, perf=perf)
+
+
+def _perf_figures(trainer, model, feature_lengths, batch_size, peak_flops_per_device, stats,
+                  mesh) -> Callable[[float], dict[str, float]]:
+    """Logs the model's size and FLOPs once; returns the per-log-line perf and data figures."""
     flops = metrics_lib.model_flops_per_step(model, trainer.abstract_params, feature_lengths,
                                              batch_size)
     tokens_per_step = batch_size * sum(feature_lengths.values())
     peak, peak_source = metrics_lib.peak_flops_total(peak_flops_per_device)
-    _say(f"model: {metrics_lib.count_params(trainer.abstract_params):,} parameters; "
-         f"{flops / 1e12:.4f} TFLOPs per step; peak {peak / 1e12:.3f} TFLOP/s ({peak_source}); "
-         f"mesh {dict(mesh.shape)}")
+    say(f"model: {metrics_lib.count_params(trainer.abstract_params):,} parameters; "
+        f"{flops / 1e12:.4f} TFLOPs per step; peak {peak / 1e12:.3f} TFLOP/s ({peak_source}); "
+        f"mesh {dict(mesh.shape)}")
 
-    bar = tqdm.tqdm(total=train_steps, initial=start_step, disable=not (progress_bar and is_writer),
-                    dynamic_ncols=True, file=sys.stderr, desc="train")
-    last = {}
-    window_start, window_steps = time.perf_counter(), 0
-    try:
-        for step in range(start_step, train_steps):
-            batch = pipeline.global_batch(next(train_iter), trainer.batch_sharding)
-            state, step_metrics = trainer.train_step(state, batch)
-            window_steps += 1
-            done = step + 1
-            # Two scalars per step: cheap, and a NaN never reaches a checkpoint.
-            loss, param_norm = (float(x) for x in jax.device_get(
-                (step_metrics["loss"], step_metrics["param_norm"])))
-            if not (math.isfinite(loss) and math.isfinite(param_norm)):
-                what = "loss" if not math.isfinite(loss) else "parameter norm after the update"
-                raise NonFiniteLossError(
-                    f"{what} is {loss if what == 'loss' else param_norm} at step {done}; "
-                    "training stopped. "
-                    + (f"The last good checkpoint is step {last_good_step} in {model_dir}."
-                       if last_good_step is not None else "No checkpoint was saved.")
-                )
-            bar.update(1)
-            if done % log_every == 0 or done == train_steps:
-                elapsed = time.perf_counter() - window_start
-                step_time = elapsed / window_steps
-                values = {f"train/{k}": float(v) for k, v in jax.device_get(step_metrics).items()}
-                values.update({
-                    "perf/step_time_s": step_time,
-                    "perf/tokens_per_second": tokens_per_step / step_time,
-                    "perf/tflops_per_step": flops / 1e12,
-                    "perf/mfu": flops / step_time / peak,
-                })
-                values.update({f"data/{k}": v for k, v in stats.snapshot().items()})
-                writer.write(done, values)
-                bar.set_postfix(loss=f"{values['train/loss']:.3f}",
-                                mfu=f"{values['perf/mfu']:.1%}")
-                last = values
-                window_start, window_steps = time.perf_counter(), 0
-            if eval_data is not None and (done % eval_every == 0 or done == train_steps):
-                eval_values = evaluate(trainer, state.params, dataset(eval_data, training=False)[0],
-                                       eval_batches)
-                writer.write(done, {f"eval/{k}": v for k, v in eval_values.items()})
-                bar.write(f"step {done}: train loss {last.get('train/loss', loss):.4f} | "
-                          f"eval loss {eval_values['loss']:.4f} | "
-                          f"eval perplexity {eval_values['perplexity']:.2f}")
-                last.update({f"eval/{k}": v for k, v in eval_values.items()})
-                window_start = time.perf_counter()  # evaluation time is not step time
-            if ckpt.save(done, state, train_iter, force=done == train_steps):
-                last_good_step = done
-    finally:
-        bar.close()
-        ckpt.close()
-        writer.close()
-    if is_writer:
-        metrics_lib.plot_losses(model_dir)
-    return last
+    def figures(step_time: float) -> dict[str, float]:
+        values = {"perf/step_time_s": step_time,
+                  "perf/tokens_per_second": tokens_per_step / step_time,
+                  "perf/tflops_per_step": flops / 1e12,
+                  "perf/mfu": flops / step_time / peak}
+        values.update({f"data/{k}": v for k, v in stats.snapshot().items()})
+        return values
+
+    return figures
 
 
-def evaluate(trainer: Trainer, params, eval_dataset, max_batches: int) -> dict[str, float]:
-    """Loss, perplexity and token accuracy pooled over up to `max_batches` batches."""
+def _check_model_reads(model, vocabulary, feature_lengths) -> None:
+    """Errors, before anything is built, for data the model could not read: ids past its
+    embedding table, rows past a learned position table."""
+    model_vocab = model.config.vocab_size
+    if model_vocab < vocabulary.vocab_size:
+        raise ValueError(f"vocab_size={model_vocab} of the model is smaller than the "
+                         f"vocabulary's {vocabulary.vocab_size} ids (pieces + extra ids)")
+    limit = model_format.max_positions(model)
+    longest = max(feature_lengths.values())
+    if limit is not None and longest > limit:
+        raise ValueError(f"feature length {longest} exceeds the model's learned position "
+                         f"table (max_length={limit})")
+
+
+def evaluate(trainer: Trainer, params, eval_dataset, num_batches: int) -> dict[str, float]:
+    """Loss, perplexity and token accuracy pooled over `num_batches` batches. Every process
+    runs exactly `num_batches` steps (a shard that runs out feeds empty, zero-weight batches),
+    so none leaves the collective early."""
     totals = None
-    for index, local_batch in enumerate(eval_dataset):
-        if index >= max_batches:
-            break
-        sums = jax.device_get(
-            trainer.eval_step(params, pipeline.global_batch(local_batch, trainer.batch_sharding))
-        )
+    batches = pipeline.exactly(eval_dataset, num_batches)
+    for local_batch in batches:
+        sums = jax.device_get(trainer.eval_step(
+            params, pipeline.global_batch(local_batch, trainer.batch_sharding,
+                                          trainer.batch_size)))
         totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
-    if totals is None:
-        raise ValueError("the evaluation split produced no full batch; lower BATCH_SIZE")
+    if totals is None or totals["tokens"] == 0:
+        raise ValueError("the evaluation split produced no tokens; lower BATCH_SIZE or "
+                         "check EVAL_DATA")
     return summarize_eval(totals)
 
 
@@ -219,6 +319,11 @@ def _check_positive(**values):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _say(message: str) -> None:
-    if jax.process_index() == 0:
+def is_writer() -> bool:
+    """Only process 0 writes shared files (metrics, plots, configs)."""
+    return jax.process_index() == 0
+
+
+def say(message: str) -> None:
+    if is_writer():
         tqdm.tqdm.write(message, file=sys.stderr)

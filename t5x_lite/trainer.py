@@ -62,7 +62,7 @@ class Trainer:
         self.label_smoothing = label_smoothing
         self.z_loss = z_loss
         self.num_microbatches = num_microbatches
-        batch_size = next(iter(batch_shapes.values()))[0][0]
+        batch_size = self.batch_size = next(iter(batch_shapes.values()))[0][0]
         if batch_size % num_microbatches:
             raise ValueError(
                 f"batch size {batch_size} is not a multiple of num_microbatches={num_microbatches}"

@@ -221,3 +221,66 @@ def test_folders_named_like_gin_directories_do_not_break_includes(workdir):
                                           "--gin_file=quickstart/t5_span_corruption.gin"))
     assert code == 0, stderr
     assert stdout.strip().splitlines()[-1].startswith("total_params: ")
+
+
+# ----------------------------------------------------------------- unused macros
+def test_misspelt_macro_flag_fails_before_training(workdir):
+    message = assert_config_error(workdir, "train", "--gin_file=quickstart/decoder_lm.gin",
+                                  *train_flags(workdir), "--gin.TRAIN_STEPZ=3")
+    assert message == ("--gin.TRAIN_STEPZ=3: macro TRAIN_STEPZ is bound but never used "
+                       "(did you mean TRAIN_STEPS?)")
+
+
+def test_misspelt_macro_flag_in_process(gin_config, capsys):
+    from t5x_lite import main
+
+    code = main.main(["params", "--gin_file=quickstart/decoder_lm.gin", "--gin.TRAIN_STEPZ=3"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == (f"{CONFIG_ERROR}--gin.TRAIN_STEPZ=3: macro TRAIN_STEPZ is bound but never "
+                   "used (did you mean TRAIN_STEPS?)\n")
+
+
+def test_unused_macro_in_a_gin_file_names_file_and_line(gin_config, tmp_path):
+    from t5x_lite import config
+
+    (tmp_path / "user.gin").write_text("include 'quickstart/decoder_lm.gin'\n\n"
+                                       "BATCH_SIZE = 4\nBACH_SIZE = 2\n")
+    with pytest.raises(config.ConfigError, match=r"^user\.gin:4: macro BACH_SIZE is bound but "
+                                                 r"never used \(did you mean BATCH_SIZE\?\)$"):
+        gin_config(["user.gin"], [])
+
+
+def test_macro_that_only_this_command_ignores_is_an_error_on_the_command_line(gin_config):
+    from t5x_lite import config, main
+
+    # `params` counts the model: a batch size set for it is a mistake, not a typo.
+    with pytest.raises(config.ConfigError, match=r"^--gin\.BATCH_SIZE=4: macro BATCH_SIZE is "
+                                                 r"bound but never used$"):
+        gin_config(["models/decoder_tiny.gin"], [main.PARAMS_WIRING, "BATCH_SIZE = 4"])
+    # ...and so is a data file's EVAL_DATA given as a flag to a command that reads no data.
+    with pytest.raises(config.ConfigError, match=r"^--gin\.EVAL_DATA=None: macro EVAL_DATA"):
+        gin_config(["models/decoder_tiny.gin"], [main.PARAMS_WIRING, "EVAL_DATA = None"])
+
+
+def test_packaged_compositions_use_every_macro_they_bind(gin_config):
+    """Model, data and run files define macros for each other and for the CLI's commands
+    (config.INTERFACE_MACROS): a command that reads only some of them is not an error."""
+    from t5x_lite import config, main
+
+    wirings = {"train": [], "params": [main.PARAMS_WIRING], "export": [main.EXPORT_WIRING],
+               **{command: [wiring] for command, wiring in main.WIRING.items()}}
+    c4_flags = ["DATA_DIR = '/tmp/data'", "SENTENCEPIECE_MODEL = 'x'"]  # required by c4.gin
+    compositions = [[f"quickstart/{name}"] for name in
+                    os.listdir(os.path.join(config.PACKAGE_GIN_DIR, "quickstart"))]
+    for model in ("decoder_tiny", "t5_1_1_tiny", "llama_1b", "gpt3_125m"):
+        run = "runs/pretrain_t5.gin" if model.startswith("t5") else "runs/pretrain_decoder.gin"
+        for data in ("data/python_docs.gin", "data/c4.gin"):
+            compositions += [[f"models/{model}.gin", data], [f"models/{model}.gin", data, run]]
+    for files in compositions:
+        complete = len(files) != 2  # a model and a data file, no run file: no train or eval
+        for command, wiring in wirings.items():
+            if not complete and command in ("train", "eval"):
+                continue
+            flags = ["MODEL_DIR = '/tmp/run'"] + (c4_flags if "data/c4.gin" in files else [])
+            gin_config(files, wiring + flags)  # raises ConfigError on a false alarm

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from t5x_lite import decoding, partitioning
-from t5x_lite.models import decoder, incremental
+from t5x_lite.models import model_format, decoder, incremental
 from t5x_lite.models import encoder_decoder as ed
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13], [3]]
@@ -33,7 +33,7 @@ def t5_model(vocab=64, scan=True):
 
 
 def run(module, params, **kwargs):
-    if module.feature_converter == "encoder_decoder":
+    if module.architecture == "encoder_decoder":
         return decoding.decode(module, params, encoder_inputs=PROMPTS, **kwargs)
     return decoding.decode(module, params, PROMPTS, **kwargs)
 
@@ -43,7 +43,7 @@ def run(module, params, **kwargs):
 def test_cached_greedy_equals_full_recompute(make, scan):
     module, params = make(scan=scan)
     cached = run(module, params, max_new_tokens=12)["tokens"][:, 0]
-    kwargs = ({"encoder_inputs": PROMPTS} if module.feature_converter == "encoder_decoder"
+    kwargs = ({"encoder_inputs": PROMPTS} if module.architecture == "encoder_decoder"
               else {"prompts": PROMPTS})
     reference = decoding.decode_uncached(module, params, max_new_tokens=12, **kwargs)
     np.testing.assert_array_equal(cached, reference)
@@ -63,10 +63,10 @@ _APPLY = {}
 
 
 def _next_token_log_probs(module, params, prompt, generated, buffer_length=16):
-    """Next-token log-probabilities after prompt + generated (a fixed-size causal buffer, so
-    the model compiles once)."""
+    """Next-token log-probabilities after [start] + prompt + generated, the row training
+    reads (a fixed-size causal buffer, so the model compiles once)."""
     apply = _APPLY.setdefault(id(module), jax.jit(module.apply))
-    sequence = list(prompt) + list(generated)
+    sequence = [model_format.of(module).start_id] + list(prompt) + list(generated)
     buffer = np.zeros((1, buffer_length), np.int32)
     buffer[0, : len(sequence)] = sequence
     logits = apply({"params": params}, jnp.asarray(buffer))
@@ -142,7 +142,7 @@ def test_decoding_sharded_on_a_mesh_matches(make):
     mesh = partitioning.make_mesh((2, 2, 2))
     boxed = jax.eval_shape(lambda: module.init(
         jax.random.key(0), *([jnp.ones((1, 8), jnp.int32)] * (
-            2 if module.feature_converter == "encoder_decoder" else 1)))["params"])
+            2 if module.architecture == "encoder_decoder" else 1)))["params"])
     shardings = partitioning.param_shardings(boxed, mesh, partitioning.DEFAULT_RULES)
     sharded = jax.device_put(params, shardings)
     got = run(module, sharded, max_new_tokens=8, mesh=mesh,

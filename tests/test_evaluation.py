@@ -1,4 +1,5 @@
 """Scoring and rank classification against a slow per-example reference; text metrics."""
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from t5x_lite import evaluation, partitioning
-from t5x_lite.models import decoder
+from t5x_lite.models import decoder, model_format
 from t5x_lite.models import encoder_decoder as ed
 
 VOCAB = 64
@@ -49,17 +50,18 @@ def _apply(model):
                                                                 **kwargs))
 
 
-def reference_token_log_probs(model, params, layout, inputs, targets, bidirectional=True):
+def reference_token_log_probs(model, params, layout, inputs, targets, bidirectional=False,
+                              start=0):
     """Each target token's log-probability from the full model's logits for the example alone.
 
-    No padding, segment ids or batching: the decoder row is only followed by random tokens
-    (up to a fixed length, so one compile serves every example), which a causal decoder
-    cannot see from earlier positions.
+    No padding, segment ids or batching: the decoder row is `start` + inputs + targets,
+    followed only by random tokens (up to a fixed length, so one compile serves every
+    example), which a causal decoder cannot see from earlier positions.
     """
     junk = np.random.default_rng(len(inputs)).integers(2, VOCAB, REF_LENGTH).astype(np.int32)
     if layout == "decoder":
         tokens = np.asarray(list(inputs) + list(targets), np.int32)
-        shifted = np.concatenate([[0], tokens, junk])[:REF_LENGTH].astype(np.int32)
+        shifted = np.concatenate([[start], tokens, junk])[:REF_LENGTH].astype(np.int32)
         # T5X: the inputs and the first target's query position attend bidirectionally.
         prefix = (np.arange(REF_LENGTH) <= len(inputs)) & bool(bidirectional and inputs)
         logits = _apply(model)(params, shifted[None], decoder_causal_attention=prefix[None])
@@ -77,25 +79,42 @@ def _model(layout, decoder_model, t5_model):
     return decoder_model if layout == "decoder" else t5_model
 
 
-@pytest.mark.parametrize("layout,bidirectional", [
-    ("decoder", True), ("decoder", False), ("encoder_decoder", True)])
-def test_score_matches_slow_reference(layout, bidirectional, decoder_model, t5_model):
+def with_format(model, **fields):
+    """The same model (same params) reading its rows another way."""
+    fmt = model_format.ModelFormat(**fields)
+    return model.clone(config=dataclasses.replace(model.config, format=fmt))
+
+
+@pytest.mark.parametrize("layout,bidirectional,bos", [
+    ("decoder", True, None), ("decoder", False, None), ("decoder", False, 3),
+    ("encoder_decoder", True, None)])
+def test_score_matches_slow_reference(layout, bidirectional, bos, decoder_model, t5_model):
+    """Scores follow the model's format: its start id (shift-right 0 or a BOS) and its
+    attention over the inputs (the prefix LM's bidirectional, or causal)."""
     model, params = _model(layout, decoder_model, t5_model)
-    kwargs = dict(layout=layout, bidirectional_inputs=bidirectional, **LENGTHS)
-    results = evaluation.score(model, params, EXAMPLES, batch_size=2, **kwargs)
+    if layout == "decoder":
+        model = with_format(model, bos_id=bos,
+                            inputs_attention="bidirectional" if bidirectional else "causal")
+    results = evaluation.score(model, params, EXAMPLES, batch_size=2, **LENGTHS)
     assert len(results) == len(EXAMPLES)
     for example, result in zip(EXAMPLES, results):
         expected = reference_token_log_probs(model, params, layout, example["inputs"],
-                                             example["targets"], bidirectional)
+                                             example["targets"], bidirectional, bos or 0)
         assert result["num_tokens"] == len(example["targets"])
         np.testing.assert_allclose(result["log_likelihood"], expected.sum(), atol=1e-4)
         np.testing.assert_allclose(result["mean_log_likelihood"], expected.mean(), atol=1e-4)
 
 
-def test_prefix_attention_changes_decoder_scores(decoder_model):
+def test_a_causal_decoder_is_scored_causally(decoder_model):
+    """The default decoder format reads inputs causally (as CausalLM trains it), and a
+    prefix-LM format changes the scores of every example with inputs."""
     model, params = decoder_model
-    scores = [evaluation.score(model, params, EXAMPLES, batch_size=2, bidirectional_inputs=b,
-                               **LENGTHS) for b in (True, False)]
+    assert model_format.of(model).inputs_attention == "causal"
+    scores = [evaluation.score(with_format(model, inputs_attention=attention), params, EXAMPLES,
+                               batch_size=2, **LENGTHS)
+              for attention in ("bidirectional", "causal")]
+    default = evaluation.score(model, params, EXAMPLES, batch_size=2, **LENGTHS)
+    assert [r["log_likelihood"] for r in default] == [r["log_likelihood"] for r in scores[1]]
     with_inputs = [i for i, e in enumerate(EXAMPLES) if len(e["inputs"]) > 1]
     for i in with_inputs:
         assert abs(scores[0][i]["log_likelihood"] - scores[1][i]["log_likelihood"]) > 1e-4
@@ -105,15 +124,40 @@ def test_prefix_attention_changes_decoder_scores(decoder_model):
 def test_score_does_not_depend_on_mesh(layout, decoder_model, t5_model):
     """Batch size 2 without a mesh, and 4 on a 1-device and an 8-device (2, 2, 2) mesh."""
     model, params = _model(layout, decoder_model, t5_model)
-    runs = [evaluation.score(model, params, EXAMPLES, layout=layout, batch_size=2, **LENGTHS)]
+    runs = [evaluation.score(model, params, EXAMPLES, batch_size=2, **LENGTHS)]
     for shape in [(1, 1, 1), (2, 2, 2)]:
-        runs.append(evaluation.score(model, params, EXAMPLES, layout=layout, batch_size=4,
+        runs.append(evaluation.score(model, params, EXAMPLES, batch_size=4,
                                      mesh=partitioning.make_mesh(shape),
                                      rules=partitioning.DEFAULT_RULES, **LENGTHS))
     for run in runs[1:]:
         assert [r["num_tokens"] for r in run] == [r["num_tokens"] for r in runs[0]]
         np.testing.assert_allclose([r["log_likelihood"] for r in run],
                                    [r["log_likelihood"] for r in runs[0]], atol=1e-5)
+
+
+def test_every_target_token_counts_whatever_its_id(decoder_model):
+    """Loss weights come from the row's mask, not from `token > 0`: in GPT-2's BPE id 0 is a
+    real token ('!'), and it is scored like any other."""
+    model, params = decoder_model
+    result = evaluation.score(model, params, [{"inputs": [5], "targets": [0, 7, 0]}],
+                              batch_size=1, **LENGTHS)[0]
+    assert result["num_tokens"] == 3
+    expected = reference_token_log_probs(model, params, "decoder", [5], [0, 7, 0], False)
+    np.testing.assert_allclose(result["log_likelihood"], expected.sum(), atol=1e-4)
+
+
+def test_ids_and_positions_the_model_cannot_read_are_one_line_errors(decoder_model):
+    model, params = decoder_model
+    with pytest.raises(ValueError, match=r"example 0: token id 64 is outside the model's "
+                                         r"vocabulary \(vocab_size=64\)"):
+        evaluation.score(model, params, [{"inputs": [5], "targets": [64]}], batch_size=1,
+                         **LENGTHS)
+    learned = decoder.DecoderLM(dataclasses.replace(model.config, position_embedding="learned",
+                                                    max_length=4))
+    with pytest.raises(ValueError, match="5 positions exceed the model's learned position "
+                                         r"table \(max_length=4\)"):
+        evaluation.score(learned, None, [{"inputs": [5, 6], "targets": [7, 8, 9]}],
+                         batch_size=1, **LENGTHS)
 
 
 def test_score_rejects_what_it_cannot_score(decoder_model):

@@ -79,7 +79,7 @@ def test_malformed_line_is_named_and_nothing_is_written(trained):
     (trained / "keep.jsonl").write_text("previous results\n")
     result = cli("infer", "--gin_file=tiny.gin", "--input=bad.jsonl", "--output=keep.jsonl",
                  cwd=trained)
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input, like a bad config
     assert "bad.jsonl:2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (trained / "keep.jsonl").read_text() == "previous results\n"
     assert not [p for p in os.listdir(trained) if p.startswith(".keep.jsonl")]

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402  (test extras: a missing one fails the run, never skips it)
+import transformers  # noqa: E402
 
 from t5x_lite import interop  # noqa: E402
 from t5x_lite.interop import convert  # noqa: E402
@@ -228,9 +228,10 @@ def test_train_starts_from_an_import(tmp_path, data_dir, vocabulary):
     from t5x_lite import optimizers, train_loop
     from t5x_lite.data import pipeline
 
-    # The corpus vocabulary has 8,292 ids.
-    hf_model = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(**dict(LLAMA, vocab_size=8320)))
+    # The corpus vocabulary has 8,292 ids: pad 0, eos 1, no BOS (a LLaMA-architecture model
+    # trained here and exported would carry exactly these ids).
+    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**dict(
+        LLAMA, vocab_size=8320, bos_token_id=None, eos_token_id=1, pad_token_id=0)))
     imported = str(tmp_path / "imported")
     module = convert.import_hf(_save_hf(hf_model, tmp_path / "hf"), imported)
     train_loop.train(
@@ -243,3 +244,23 @@ def test_train_starts_from_an_import(tmp_path, data_dir, vocabulary):
     _, expected = interop.load_model(imported)
     _, trained = interop.load_model(str(tmp_path / "run"), module)
     jax.tree.map(np.testing.assert_array_equal, trained, expected)
+
+
+def test_training_refuses_a_vocabulary_that_disagrees_with_the_model(tmp_path, data_dir,
+                                                                     vocabulary):
+    """An imported LLaMA ends rows with eos 2; the corpus vocabulary's EOS is 1. Training it
+    on that vocabulary would teach the wrong stop token: a one-line error, before any step."""
+    from t5x_lite import optimizers, train_loop
+    from t5x_lite.data import pipeline
+
+    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**dict(
+        LLAMA, vocab_size=8320, bos_token_id=1, eos_token_id=2)))
+    module = convert.import_hf(_save_hf(hf_model, tmp_path / "hf"), str(tmp_path / "imported"))
+    assert (module.config.format.bos_id, module.config.format.eos_id) == (1, 2)
+    with pytest.raises(ValueError, match=r"format.eos_id=2 but the vocabulary's eos_id is 1"):
+        train_loop.train(
+            model_dir=str(tmp_path / "run"), model=module, vocabulary=vocabulary,
+            train_data=pipeline.DatasetConfig(data_dir=data_dir), optimizer=optimizers.adamw,
+            learning_rate=optimizers.constant(0.0), train_steps=1, batch_size=8,
+            feature_lengths={"targets": 32}, mesh_shape=(1, 1, 1), progress_bar=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

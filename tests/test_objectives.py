@@ -6,15 +6,20 @@ and T5X's decoder-only / encoder-decoder feature layouts.
 """
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from t5x_lite.data import feature_converters as fc
 from t5x_lite.data import objectives
+from t5x_lite.models.model_format import ModelFormat
 
 EOS = 1
 VOCAB_SIZE = 8292  # 8192 pieces + 100 sentinels
 NUM_SENTINELS = 100
+# T5's ids; a decoder-only prefix LM attending both ways over its inputs, or causally.
+DECODER = ModelFormat(eos_id=EOS, architecture="decoder", inputs_attention="bidirectional")
+DECODER_CAUSAL = ModelFormat(eos_id=EOS, architecture="decoder")
+ENC_DEC = ModelFormat(eos_id=EOS, architecture="encoder_decoder")
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -130,6 +135,7 @@ def test_noise_mask_span_structure(length, params, seed):
     (2, 1, 1), (3, 1, 1), (9, 1, 1),  # round(9 · 0.15) = 1 noise token; round(1 / 3) = 0 → 1 span
     (10, 2, 1), (30, 4, 1),           # round(1.5) = 2, round(4.5) = 4 (round half to even)
     (40, 6, 2), (100, 15, 5), (568, 85, 28),
+    (190, 29, 10),                    # float32 like T5's TF code: 190 · 0.15 = 28.500002 → 29
 ])
 def test_noise_mask_counts_by_hand(length, noise, spans):
     for seed in range(5):
@@ -218,6 +224,174 @@ def test_span_corruption_hand_example():
     np.testing.assert_array_equal(out["inputs"], expected_inputs + [EOS])
     np.testing.assert_array_equal(out["targets"], expected_targets + [EOS])
     assert mask.sum() == 3  # round(20 · 0.15), in one span (round(3 / 3))
+
+
+# ------------------------------------------------------------------------ golden: T5's code
+# A NumPy transcription of t5.data.preprocessors, op by op: `random_spans_helper` (Python
+# floats, no clamps), `random_spans_noise_mask` (tf.float32 counts, tf.round = half to even;
+# its two stateless shuffles become given permutations), `noise_span_to_unique_sentinel` /
+# `nonnoise_span_to_unique_sentinel` for inputs / targets, and the EOS the output features add.
+# Only the shuffles' randomness differs from TF, so everything else is compared exactly.
+
+
+def t5_helper(inputs_length, density=0.15, mean_span=3.0):
+    def lengths(tokens_length):
+        noise = int(round(tokens_length * density))
+        spans = int(round(noise / mean_span))
+        return tokens_length - noise + spans + 1, noise + spans + 1
+
+    tokens_length = inputs_length - 1
+    while lengths(tokens_length + 1)[0] <= inputs_length:
+        tokens_length += 1
+    inputs, targets = lengths(tokens_length)
+    if density == 0.5 and targets > inputs:
+        tokens_length, targets = tokens_length - 1, targets - 1
+    return tokens_length, targets
+
+
+def t5_mask_counts(length, density=0.15, mean_span=3.0):
+    length = max(length, 2)
+    noise = int(np.round(np.float32(length) * np.float32(density)))
+    noise = min(max(noise, 1), length - 1)
+    spans = max(int(np.round(np.float32(noise) / np.float32(mean_span))), 1)
+    return noise, spans
+
+
+def t5_segmentation(num_items, num_segments, order):
+    """`_random_segmentation` with `seqio.stateless_shuffle` replaced by `x[order]`."""
+    first_in_segment = np.pad((np.arange(num_items - 1) < num_segments - 1)[order].astype(int),
+                              [1, 0])
+    segment_id = np.cumsum(first_in_segment)
+    return np.bincount(segment_id)  # tf.math.segment_sum(ones, segment_id)
+
+
+def t5_mask_from_span_lengths(length, nonnoise_lengths, noise_lengths):
+    interleaved = np.stack([nonnoise_lengths, noise_lengths], axis=1).reshape(-1)
+    span_starts = np.cumsum(interleaved)[:-1]
+    indicator = np.zeros(max(length, 2), int)
+    np.add.at(indicator, span_starts, 1)  # tf.math.unsorted_segment_sum
+    return (np.cumsum(indicator) % 2 == 1)[:length]
+
+
+def t5_noise_mask(length, density, mean_span, rng):
+    noise, spans = t5_mask_counts(length, density, mean_span)
+    nonnoise = max(length, 2) - noise
+    noise_lengths = t5_segmentation(noise, spans, rng.permutation(max(noise - 1, 0)))
+    nonnoise_lengths = t5_segmentation(nonnoise, spans, rng.permutation(nonnoise - 1))
+    return t5_mask_from_span_lengths(length, nonnoise_lengths, noise_lengths)
+
+
+def t5_unique_sentinels(tokens, mask, vocab_size):
+    previous = np.pad(mask[:-1], [1, 0])
+    first_noise = mask & ~previous
+    subsequent_noise = mask & previous
+    sentinel = (vocab_size - 1) + 1 - np.cumsum(first_noise)  # sentinel_id(vocab) + 1 - cumsum
+    return np.where(first_noise, sentinel, tokens)[~subsequent_noise]
+
+
+def t5_span_corruption(tokens, mask, vocab_size, eos=EOS):
+    return {"inputs": np.append(t5_unique_sentinels(tokens, mask, vocab_size), eos),
+            "targets": np.append(t5_unique_sentinels(tokens, ~mask, vocab_size), eos)}
+
+
+def test_golden_t5_unit_test_vectors():
+    # t5/data/preprocessors_test.py: noise_span_to_unique_sentinel, random_spans_helper.
+    tokens, mask = np.arange(10, 16), np.array([1, 1, 0, 0, 1, 0], bool)
+    out = objectives.corrupt_spans(tokens, mask, eos_id=EOS, vocab_size=1000)
+    np.testing.assert_array_equal(out["inputs"], [999, 12, 13, 998, 15, EOS])
+    np.testing.assert_array_equal(out["targets"], [10, 11, 999, 14, 998, EOS])
+    for key, value in t5_span_corruption(tokens, mask, 1000).items():
+        np.testing.assert_array_equal(out[key], value)
+    assert objectives.random_spans_helper(64, 0.2, 2.0) == t5_helper(64, 0.2, 2.0) == (70, 22)
+    assert objectives.random_spans_helper(64, 0.2, 1.0) == t5_helper(64, 0.2, 1.0) == (63, 27)
+    assert objectives.random_spans_helper(512) == t5_helper(512) == (568, 114)
+    # T5's mask for length 32, density 0.25, mean span 2 and seeds (1, 2), (3, 4).
+    t5_mask = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                        0, 0, 0, 0, 1, 0, 0, 1], bool)
+    assert objectives.noise_span_counts(32, 0.25, 2.0) == t5_mask_counts(32, 0.25, 2.0) == (8, 4)
+    assert (t5_mask.sum(), len(runs(t5_mask))) == (8, 4) and not t5_mask[0]
+    assert (len(runs(~t5_mask)), runs(t5_mask).tolist()) == (4, [3, 3, 1, 1])
+    mask = objectives.random_spans_noise_mask(32, 0, 0.25, 2.0)
+    assert (mask.sum(), len(runs(mask)), len(runs(~mask)), mask[0]) == (8, 4, 4, False)
+    tokens = random_tokens(32, 0)
+    for key, value in t5_span_corruption(tokens, t5_mask, VOCAB_SIZE).items():
+        np.testing.assert_array_equal(
+            objectives.corrupt_spans(tokens, t5_mask, eos_id=EOS, vocab_size=VOCAB_SIZE)[key],
+            value)
+
+
+@SETTINGS
+@given(length=st.integers(1, 600), seed=seeds, params=span_params,
+       vocab_size=st.sampled_from([VOCAB_SIZE, 32100]))
+def test_golden_span_corruption_on_fixed_masks(length, seed, params, vocab_size):
+    """Sentinels, inputs, targets and EOS match T5's on masks T5 could draw, on any mask at
+    all, and on this code's own masks."""
+    rng = np.random.default_rng(seed)
+    tokens = random_tokens(length, seed, vocab_size)
+    t5_mask = t5_noise_mask(length, *params, rng)
+    any_mask = rng.random(length) < rng.random()
+    ours = objectives.random_spans_noise_mask(length, seed, *params)
+    for mask in (t5_mask, any_mask, ours):
+        out = objectives.corrupt_spans(tokens, mask, eos_id=EOS, vocab_size=vocab_size)
+        for key, value in t5_span_corruption(tokens, mask, vocab_size).items():
+            np.testing.assert_array_equal(out[key], value, err_msg=key)
+            assert out[key].dtype == np.int32
+    out = objectives.span_corruption(tokens, seed, eos_id=EOS, vocab_size=vocab_size,
+                                     noise_density=params[0], mean_noise_span_length=params[1])
+    for key, value in t5_span_corruption(tokens, ours, vocab_size).items():
+        np.testing.assert_array_equal(out[key], value, err_msg=key)
+
+
+@SETTINGS
+@given(length=st.integers(1, 4096), seed=seeds, params=span_params)
+@example(length=190, seed=0, params=(0.15, 3.0))  # float32 rounds up where float64 rounds down
+def test_golden_noise_mask_structure(length, seed, params):
+    """The counts are T5's (float32), the mask starts with non-noise, and T5's construction
+    rebuilds it from its span lengths: it is a mask T5's code can produce."""
+    mask = objectives.random_spans_noise_mask(length, seed, *params)
+    t5_mask = t5_noise_mask(length, *params, np.random.default_rng(seed))
+    noise, spans = t5_mask_counts(length, *params)
+    assert objectives.noise_span_counts(max(length, 2), *params) == (noise, spans)
+    if length >= 2:
+        assert mask.sum() == t5_mask.sum() == noise
+        assert len(runs(mask)) == len(runs(t5_mask)) == spans
+        assert not mask[0] and not t5_mask[0]
+        rebuilt = t5_mask_from_span_lengths(length, runs(~mask), runs(mask))
+        np.testing.assert_array_equal(rebuilt, mask)
+    else:
+        assert mask.shape == t5_mask.shape == (1,) and not mask[0] and not t5_mask[0]
+
+
+@pytest.mark.parametrize("params", [(0.15, 3.0), (0.1, 2.0), (0.2, 5.0), (0.3, 3.0),
+                                    (0.25, 2.0), (0.5, 3.0), (0.5, 2.0)])
+def test_golden_random_spans_helper(params):
+    """T5's helper numbers, except where T5's helper (Python floats, no clamps) mispredicts
+    the lengths its own mask (float32, clamped) produces; there ours gives the real ones."""
+    density, mean_span = params
+
+    def t5_real_lengths(tokens_length):  # what T5's span corruption makes of that many tokens
+        mask = t5_noise_mask(tokens_length, density, mean_span, np.random.default_rng(0))
+        out = t5_span_corruption(random_tokens(tokens_length, 0), mask, VOCAB_SIZE)
+        return len(out["inputs"]), len(out["targets"])
+
+    def consistent(inputs_length, lengths):  # the helper's lengths are what T5's code makes
+        tokens_length, targets_length = lengths
+        real = t5_real_lengths(tokens_length)
+        if density == 0.5:  # T5's adjustment may leave the inputs one short
+            return real[0] <= inputs_length and real[1] <= targets_length
+        return (real == (inputs_length, targets_length)
+                and t5_real_lengths(tokens_length + 1)[0] > inputs_length)
+
+    disagree = []
+    for inputs_length in [*range(2, 160), *range(160, 1025, 4)]:
+        ours, t5 = (objectives.random_spans_helper(inputs_length, density, mean_span),
+                    t5_helper(inputs_length, density, mean_span))
+        if ours != t5:
+            disagree.append(inputs_length)
+            assert not consistent(inputs_length, t5) and consistent(inputs_length, ours)
+    assert len(disagree) < 30
+    if params == (0.15, 3.0):
+        assert 172 in disagree and 512 not in disagree and 128 not in disagree
 
 
 # ------------------------------------------------------------------------ prefix LM / causal LM
@@ -311,10 +485,10 @@ def test_decoder_prefix_lm_row_matches_t5x_example():
     examples = [{"inputs": np.array([9, 4, 6, 1]), "targets": np.array([3, 9, 1])},
                 {"inputs": np.array([3, 2, 1]), "targets": np.array([4, 1])}]
     lengths = {"targets": 14}
-    packable = [fc.to_packable(ex, "decoder", lengths, EOS) for ex in examples]
+    packable = [fc.to_packable(ex, DECODER, lengths) for ex in examples]
     assert not any(truncated for _, truncated in packable)
     packed = pack([p for p, _ in packable], "decoder", fc.packing_lengths("decoder", lengths))
-    features = fc.convert(packed, "decoder")
+    features = fc.convert(packed, DECODER)
     expected = {
         "decoder_target_tokens": [9, 4, 6, 1, 3, 9, 1, 3, 2, 1, 4, 1, 0, 0],
         "decoder_input_tokens": [0, 9, 4, 6, 1, 3, 9, 0, 3, 2, 1, 4, 0, 0],
@@ -328,7 +502,7 @@ def test_decoder_prefix_lm_row_matches_t5x_example():
         np.testing.assert_array_equal(features[key], value, err_msg=key)
     assert features["decoder_causal_attention"].dtype == bool
     assert features["decoder_loss_weights"].dtype == np.float32
-    no_prefix = fc.convert(packed, "decoder", bidirectional_inputs=False)
+    no_prefix = fc.convert(packed, DECODER_CAUSAL)
     assert "decoder_causal_attention" not in no_prefix
     np.testing.assert_array_equal(no_prefix["decoder_loss_weights"],
                                   expected["decoder_loss_weights"])
@@ -351,10 +525,10 @@ def test_decoder_features_prefix_mask_and_loss_weights(specs, pad):
     examples = make_examples(specs)
     length = sum(len(e["inputs"]) + len(e["targets"]) for e in examples) + pad
     lengths = {"targets": length}
-    packable = [fc.to_packable(e, "decoder", lengths, EOS) for e in examples]
+    packable = [fc.to_packable(e, DECODER, lengths) for e in examples]
     assert not any(t for _, t in packable)
     packed = pack([p for p, _ in packable], "decoder", fc.packing_lengths("decoder", lengths))
-    features = fc.convert(packed, "decoder")
+    features = fc.convert(packed, DECODER)
 
     start = 0
     for i, example in enumerate(examples):
@@ -388,7 +562,7 @@ def test_decoder_features_prefix_mask_and_loss_weights(specs, pad):
 @given(specs=example_lists, pad_in=st.integers(0, 3), pad_out=st.integers(0, 3))
 def test_encoder_decoder_features(specs, pad_in, pad_out):
     examples = make_examples(specs)
-    packable = [fc.to_packable(e, "encoder_decoder", {"inputs": 99, "targets": 99}, EOS)[0]
+    packable = [fc.to_packable(e, ENC_DEC, {"inputs": 99, "targets": 99})[0]
                 for e in examples]
     # Empty inputs become a lone EOS for the encoder.
     for example, p in zip(examples, packable):
@@ -397,8 +571,8 @@ def test_encoder_decoder_features(specs, pad_in, pad_out):
     lengths = {"inputs": sum(len(p["inputs"]) for p in packable) + pad_in,
                "targets": sum(len(p["targets"]) for p in packable) + pad_out}
     packed = pack(packable, "encoder_decoder", fc.packing_lengths("encoder_decoder", lengths))
-    features = fc.convert(packed, "encoder_decoder")
-    assert set(features) == set(fc.batch_shapes("encoder_decoder", lengths, 1))
+    features = fc.convert(packed, ENC_DEC)
+    assert set(features) == set(fc.batch_shapes(ENC_DEC, lengths, 1))
 
     enc = dec = 0
     for i, (example, p) in enumerate(zip(examples, packable)):
@@ -424,11 +598,11 @@ def test_encoder_decoder_features(specs, pad_in, pad_out):
 def test_decoder_feature_keys_match_batch_shapes():
     examples = make_examples([(2, 3, 0)])
     lengths = {"targets": 8}
-    packed = pack([fc.to_packable(examples[0], "decoder", lengths, EOS)[0]], "decoder",
+    packed = pack([fc.to_packable(examples[0], DECODER, lengths)[0]], "decoder",
                   fc.packing_lengths("decoder", lengths))
-    for bidirectional in (True, False):
-        features = fc.convert(packed, "decoder", bidirectional)
-        shapes = fc.batch_shapes("decoder", lengths, 2, bidirectional)
+    for fmt in (DECODER, DECODER_CAUSAL):
+        features = fc.convert(packed, fmt)
+        shapes = fc.batch_shapes(fmt, lengths, 2)
         assert set(features) == set(shapes)
         for key, ((_, width), dtype) in shapes.items():
             assert features[key].shape == (width,) and features[key].dtype == dtype, key
@@ -439,22 +613,21 @@ def test_decoder_feature_keys_match_batch_shapes():
        length_in=st.integers(1, 10))
 def test_to_packable_truncation(n_in, n_out, length, length_in):
     example = {"inputs": random_tokens(n_in, 0), "targets": random_tokens(n_out, 1)}
-    features, truncated = fc.to_packable(example, "decoder", {"targets": length}, EOS)
+    features, truncated = fc.to_packable(example, DECODER, {"targets": length})
     assert truncated == (n_in + n_out > length)
     whole = np.concatenate([example["inputs"], example["targets"]])
     np.testing.assert_array_equal(features["targets"], whole[:length])
     np.testing.assert_array_equal(features["prefix"], (np.arange(len(whole)) < n_in)[:length])
 
     lengths = {"inputs": length_in, "targets": length}
-    features, truncated = fc.to_packable(example, "encoder_decoder", lengths, EOS)
+    features, truncated = fc.to_packable(example, ENC_DEC, lengths)
     encoder = example["inputs"] if n_in else np.array([EOS])
     assert truncated == (len(encoder) > length_in or n_out > length)
     np.testing.assert_array_equal(features["inputs"], encoder[:length_in])
     np.testing.assert_array_equal(features["targets"], example["targets"][:length])
 
     # A causal-LM example (no inputs at all) in the encoder-decoder layout.
-    features, _ = fc.to_packable({"targets": example["targets"]}, "encoder_decoder", lengths,
-                                 EOS)
+    features, _ = fc.to_packable({"targets": example["targets"]}, ENC_DEC, lengths)
     np.testing.assert_array_equal(features["inputs"], [EOS])
 
 
@@ -495,8 +668,8 @@ def test_span_corruption_raw_length_chunks_fit_without_truncation(inputs_length,
     lengths = {"inputs": inputs_length, "targets": targets_length + extra}
     raw = objective.raw_length(lengths)
     for n in {raw, max(raw // 2, 1), 1}:  # full chunks and a document's short tail
-        _, truncated = fc.to_packable(objective(random_tokens(n, seed), seed),
-                                      "encoder_decoder", lengths, EOS)
+        _, truncated = fc.to_packable(objective(random_tokens(n, seed), seed), ENC_DEC,
+                                      lengths)
         assert not truncated, n
 
 
@@ -511,15 +684,15 @@ def test_causal_and_prefix_lm_raw_length(length, length_in, seed):
     assert objectives.CausalLM().raw_length(encdec) == length - 1
     out = objectives.CausalLM()(random_tokens(length - 1, seed), seed)
     assert len(out["targets"]) == length
-    for layout, lengths in (("decoder", decoder), ("encoder_decoder", encdec)):
-        assert not fc.to_packable(out, layout, lengths, EOS)[1]
+    for fmt, lengths in ((DECODER, decoder), (ENC_DEC, encdec)):
+        assert not fc.to_packable(out, fmt, lengths)[1]
 
     # PrefixLM, decoder-only: prefix + rest + EOS share the L positions, filled exactly.
     raw = objectives.PrefixLM().raw_length(decoder)
     assert raw == length - 1
     out = objectives.PrefixLM()(random_tokens(raw, seed), seed)
     assert len(out["inputs"]) + len(out["targets"]) == length
-    assert not fc.to_packable(out, "decoder", decoder, EOS)[1]
+    assert not fc.to_packable(out, DECODER, decoder)[1]
 
     # PrefixLM, encoder-decoder: whatever the split, the prefix fits the encoder and the rest
     # + EOS the decoder.
@@ -528,7 +701,7 @@ def test_causal_and_prefix_lm_raw_length(length, length_in, seed):
     tokens = random_tokens(raw, seed)
     for s in range(seed, seed + 20):
         out = objectives.PrefixLM()(tokens, s)
-        assert not fc.to_packable(out, "encoder_decoder", encdec, EOS)[1]
+        assert not fc.to_packable(out, ENC_DEC, encdec)[1]
     # ... and it is the longest such chunk: one more token can overflow a side.
     longer = raw + 1
     assert longer - 1 > length_in or longer > length

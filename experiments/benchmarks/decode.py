@@ -11,7 +11,7 @@ What is measured
     `torch.inference_mode()`, `generate(do_sample=False, num_beams=1, max_new_tokens=N,
     min_new_tokens=N)`.
   * Inputs: `--batch` rows of `--prompt_len` random ids in [2, vocab) (decoder prompt, or T5
-    encoder input; the T5 decoder starts from id 0). t5x_lite runs with `eos_id=-1` (an id
+    encoder input; the T5 decoder starts from id 0). t5x_lite runs with `stop_at_eos=False` (an id
     the model cannot produce), transformers with `min_new_tokens`, so both produce all
     `--new_tokens` tokens (checked).
   * t5x_lite decodes with `decoding.prepare_params` applied once beforehand (what `t5x-lite
@@ -49,7 +49,7 @@ import numpy as np
 
 from t5x_lite import checkpoints, decoding
 from t5x_lite.interop import convert
-from t5x_lite.models import decoder, encoder_decoder, incremental
+from t5x_lite.models import decoder, encoder_decoder, incremental, model_format
 
 VOCAB = 32128
 MODELS = {
@@ -93,7 +93,7 @@ def dram_bandwidth() -> float:
 def bytes_per_step(module, params, batch: int, max_length: int, encoded_length: int) -> int:
     """Weights a decode step multiplies with (T5: the decoder stack and output layer, not the
     encoder; the input embedding is a gather of a few rows) plus the whole key/value cache."""
-    weights = params if not hasattr(module, "encode") else {
+    weights = params if not model_format.of(module).encoder_decoder else {
         k: v for k, v in params.items() if k in ("decoder", "lm_head")}
     cache = incremental.for_model(type(module), module.config, max_length).init_cache(
         batch, encoded_length)
@@ -109,7 +109,7 @@ def to_transformers(module, params, tmp: str):
     checkpoints.save_params(os.path.join(ours, convert.PARAMS_DIR), params)
     convert.write_model_config(ours, module)
     convert.export_hf(ours, hf_dir)
-    auto = (transformers.AutoModelForSeq2SeqLM if hasattr(module, "encode")
+    auto = (transformers.AutoModelForSeq2SeqLM if model_format.of(module).encoder_decoder
             else transformers.AutoModelForCausalLM)
     return auto.from_pretrained(hf_dir, dtype="float32").eval()
 
@@ -118,9 +118,11 @@ def bench(name: str, args) -> dict:
     import torch
 
     module = MODELS[name]()
-    is_t5 = hasattr(module, "encode")
+    is_t5 = model_format.of(module).encoder_decoder
     rng = np.random.default_rng(0)
     inputs = rng.integers(2, VOCAB, (args.batch, args.prompt_len), dtype=np.int64)
+    if not is_t5:  # both sides read the same rows: decode() prepends the start id itself
+        inputs[:, 0] = model_format.of(module).start_id
     init_args = (jnp.zeros((1, 8), jnp.int32),) * (2 if is_t5 else 1)
     params = nn.unbox(jax.jit(module.init)(jax.random.key(0), *init_args)["params"])
     r = {"name": name, "params": sum(x.size for x in jax.tree.leaves(params))}
@@ -132,9 +134,10 @@ def bench(name: str, args) -> dict:
     r["bytes_per_step"] = bytes_per_step(module, params, args.batch, max_length, args.prompt_len)
 
     def ours(new_tokens):
-        kwargs = dict(encoder_inputs=inputs.tolist()) if is_t5 else dict(prompts=inputs.tolist())
-        return lambda: decoding.decode(module, prepared, max_new_tokens=new_tokens, eos_id=-1,
-                                       **kwargs)["tokens"][:, 0]
+        kwargs = (dict(encoder_inputs=inputs.tolist()) if is_t5
+                  else dict(prompts=inputs[:, 1:].tolist()))
+        return lambda: decoding.decode(module, prepared, max_new_tokens=new_tokens,
+                                       stop_at_eos=False, **kwargs)["tokens"][:, 0]
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_model = to_transformers(module, params, tmp)

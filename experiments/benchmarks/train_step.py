@@ -35,6 +35,7 @@ import numpy as np
 
 from t5x_lite import metrics, optimizers, partitioning, trainer as trainer_lib
 from t5x_lite.data import feature_converters, pipeline
+from t5x_lite.models import model_format
 from t5x_lite.models.decoder import DecoderConfig, DecoderLM
 
 # gin_configs/models/decoder_50m.gin
@@ -86,11 +87,11 @@ def bench_t5x(args, batch_np):
     )
     schedule = optimizers.constant(LEARNING_RATE)
     mesh = partitioning.make_mesh((1, 1, 1))
+    model = DecoderLM(config)  # a plain causal LM: no prefix-LM feature
     trainer = trainer_lib.Trainer(
-        DecoderLM(config), optimizers.adamw(schedule), schedule, mesh,
-        partitioning.DEFAULT_RULES,
-        batch_shapes=feature_converters.batch_shapes(  # a plain LM: no prefix-LM feature
-            "decoder", {"targets": args.seq_len}, args.batch_size, bidirectional_inputs=False),
+        model, optimizers.adamw(schedule), schedule, mesh, partitioning.DEFAULT_RULES,
+        batch_shapes=feature_converters.batch_shapes(
+            model_format.of(model), {"targets": args.seq_len}, args.batch_size),
     )
     state = trainer.create_state(seed=0)
     batch = pipeline.global_batch(batch_np, trainer.batch_sharding)

@@ -1,6 +1,11 @@
 """From objective outputs to packed model features, per architecture (T5X's feature names).
 
-Two layouts:
+How a row starts, which ids are special and how a decoder-only model attends over its inputs
+come from the model's `ModelFormat` (models/model_format.py); every function here takes it.
+Loss weights come from the packer's segment ids (and the prefix mask), never from token values,
+so a vocabulary whose id 0 is a real token (GPT-2's BPE) trains on it.
+
+Two layouts (`ModelFormat.architecture`):
   decoder          one sequence per example: `inputs` (if any) then `targets`, with a `prefix`
                    mask; loss only on the targets; optionally bidirectional attention over the
                    prefix (T5's prefix-LM architecture) via `decoder_causal_attention`.
@@ -18,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from t5x_lite.data.objectives import autoregressive_inputs
+from t5x_lite.models.model_format import ModelFormat
 
 LAYOUTS = ("decoder", "encoder_decoder")
 
@@ -37,9 +43,10 @@ def packing_lengths(layout: str, feature_lengths: Mapping[str, int]) -> dict[str
     return {"inputs": feature_lengths["inputs"], "targets": feature_lengths["targets"]}
 
 
-def to_packable(example: Mapping[str, np.ndarray], layout: str,
-                feature_lengths: Mapping[str, int], eos_id: int) -> tuple[dict, bool]:
+def to_packable(example: Mapping[str, np.ndarray], fmt: ModelFormat,
+                feature_lengths: Mapping[str, int]) -> tuple[dict, bool]:
     """One objective output → the features the packer sees; returns (features, truncated)."""
+    layout, eos_id = fmt.architecture, fmt.eos_id
     targets = np.asarray(example["targets"], np.int32)
     inputs = example.get("inputs")
     if layout == "decoder":
@@ -58,19 +65,18 @@ def to_packable(example: Mapping[str, np.ndarray], layout: str,
     return {k: v[: lengths[k]] for k, v in features.items()}, truncated
 
 
-def decoder_features(packed: Mapping[str, np.ndarray],
-                     bidirectional_inputs: bool = True) -> dict[str, np.ndarray]:
+def decoder_features(packed: Mapping[str, np.ndarray], fmt: ModelFormat) -> dict[str, np.ndarray]:
     targets = packed["targets"].astype(np.int32)
     segment_ids = packed["targets_segment_ids"].astype(np.int32)
     prefix = packed["prefix"].astype(bool)
     features = {
-        "decoder_input_tokens": autoregressive_inputs(targets, segment_ids),
+        "decoder_input_tokens": autoregressive_inputs(targets, segment_ids, fmt.start_id),
         "decoder_target_tokens": targets,
         "decoder_segment_ids": segment_ids,
         "decoder_positions": packed["targets_positions"].astype(np.int32),
-        "decoder_loss_weights": ((segment_ids > 0) & (targets > 0) & ~prefix).astype(np.float32),
+        "decoder_loss_weights": ((segment_ids > 0) & ~prefix).astype(np.float32),
     }
-    if bidirectional_inputs:
+    if fmt.bidirectional_inputs:
         # Inputs are shifted right by one, so the prefix seen by the model spans one more
         # position (T5X: positions 0..len(inputs) attend bidirectionally).
         shifted = autoregressive_inputs(prefix.astype(np.int32), segment_ids).astype(bool)
@@ -78,30 +84,33 @@ def decoder_features(packed: Mapping[str, np.ndarray],
     return features
 
 
-def encoder_decoder_features(packed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def encoder_decoder_features(packed: Mapping[str, np.ndarray],
+                             fmt: ModelFormat) -> dict[str, np.ndarray]:
     targets = packed["targets"].astype(np.int32)
     decoder_segment_ids = packed["targets_segment_ids"].astype(np.int32)
     return {
         "encoder_input_tokens": packed["inputs"].astype(np.int32),
         "encoder_segment_ids": packed["inputs_segment_ids"].astype(np.int32),
         "encoder_positions": packed["inputs_positions"].astype(np.int32),
-        "decoder_input_tokens": autoregressive_inputs(targets, decoder_segment_ids),
+        "decoder_input_tokens": autoregressive_inputs(targets, decoder_segment_ids,
+                                                      fmt.start_id),
         "decoder_target_tokens": targets,
         "decoder_segment_ids": decoder_segment_ids,
         "decoder_positions": packed["targets_positions"].astype(np.int32),
-        "decoder_loss_weights": ((decoder_segment_ids > 0) & (targets > 0)).astype(np.float32),
+        "decoder_loss_weights": (decoder_segment_ids > 0).astype(np.float32),
     }
 
 
-def convert(packed, layout: str, bidirectional_inputs: bool = True):
-    if layout == "decoder":
-        return decoder_features(packed, bidirectional_inputs)
-    return encoder_decoder_features(packed)
+def convert(packed, fmt: ModelFormat):
+    if fmt.architecture == "decoder":
+        return decoder_features(packed, fmt)
+    return encoder_decoder_features(packed, fmt)
 
 
-def batch_shapes(layout: str, feature_lengths: Mapping[str, int], batch_size: int,
-                 bidirectional_inputs: bool = True) -> dict[str, tuple[tuple[int, int], Any]]:
+def batch_shapes(fmt: ModelFormat, feature_lengths: Mapping[str, int],
+                 batch_size: int) -> dict[str, tuple[tuple[int, int], Any]]:
     """Global shapes and dtypes of a batch (to build the train state abstractly)."""
+    layout = fmt.architecture
     check_layout(layout, feature_lengths)
     targets = (batch_size, feature_lengths["targets"])
     shapes = {
@@ -111,7 +120,7 @@ def batch_shapes(layout: str, feature_lengths: Mapping[str, int], batch_size: in
         "decoder_positions": (targets, np.int32),
         "decoder_loss_weights": (targets, np.float32),
     }
-    if layout == "decoder" and bidirectional_inputs:
+    if fmt.bidirectional_inputs:
         shapes["decoder_causal_attention"] = (targets, np.bool_)
     if layout == "encoder_decoder":
         inputs = (batch_size, feature_lengths["inputs"])

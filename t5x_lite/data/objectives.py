@@ -1,16 +1,24 @@
 """Pretraining objectives: pure functions of (tokens, seed) that return unpacked features.
 
-Every objective takes the token ids of one chunk of a document (no EOS yet) and an integer
-seed, and returns a dict of 1-D int32 arrays: `targets`, and `inputs` for objectives that have
-them. The same (tokens, seed) gives the same output on every host, so data loading is
-reproducible and resumable. Packing and the shift into model inputs happen later, after
-packing, because they depend on where an example lands in a row.
+Every objective takes one chunk of raw token ids (no EOS yet) and an integer seed, and returns
+a dict of 1-D int32 arrays: `targets`, and `inputs` for objectives that have them. The same
+(tokens, seed) gives the same output on every host, so data loading is reproducible and
+resumable. Packing and the shift into model inputs happen later, after packing, because they
+depend on where an example lands in a row.
 
 The gin-facing objectives are small frozen dataclasses (`CausalLM`, `PrefixLM`,
 `SpanCorruption`) wrapping the functions below: calling one is the pure function, and its
-`raw_length(feature_lengths)` says how many raw tokens the pipeline should cut documents into
-so the outputs fit the model's feature lengths. The pipeline fills in `eos_id` and
-`vocab_size` from the vocabulary.
+`raw_length(feature_lengths)` says how many raw tokens the pipeline should cut into each chunk
+so the outputs fit the model's feature lengths. Their `concatenate_documents` field says where
+the chunks come from (pipeline.py):
+
+  True   documents are concatenated into one stream with no separator and the stream is cut
+         into chunks of exactly `raw_length` tokens (T5's `reduce_concat_tokens` then
+         `split_tokens`; the default of `SpanCorruption`, as in T5's `span_corruption`).
+  False  each document is cut on its own; its last chunk is shorter (the per-document mode;
+         the default of `CausalLM` and `PrefixLM`, as in T5's `prefix_lm`).
+
+The pipeline fills in `eos_id` and `vocab_size` from the vocabulary.
 """
 from __future__ import annotations
 
@@ -27,18 +35,20 @@ def causal_lm(tokens: np.ndarray, seed: int, *, eos_id: int = 1) -> dict[str, np
     return {"targets": np.concatenate([tokens, np.asarray([eos_id], np.int32)])}
 
 
-def autoregressive_inputs(targets: np.ndarray, segment_ids: np.ndarray | None) -> np.ndarray:
-    """Shifts packed targets right by one within each segment, starting each with 0 (BOS).
+def autoregressive_inputs(targets: np.ndarray, segment_ids: np.ndarray | None,
+                          start_id: int = 0) -> np.ndarray:
+    """Shifts packed targets right by one within each segment, starting each with `start_id`
+    (the model format's BOS, or T5's decoder start 0; see models/model_format.py).
 
-    [a b c | d e] with segments [1 1 1 2 2] → [0 a b | 0 d]; works on [..., length] arrays.
+    [a b c | d e] with segments [1 1 1 2 2] → [s a b | s d]; works on [..., length] arrays.
     """
     targets = np.asarray(targets)
-    shifted = np.zeros_like(targets)
+    shifted = np.full_like(targets, start_id)
     shifted[..., 1:] = targets[..., :-1]
     if segment_ids is not None:
         starts = np.ones_like(segment_ids, dtype=bool)
         starts[..., 1:] = segment_ids[..., 1:] != segment_ids[..., :-1]
-        shifted = np.where(starts, 0, shifted)
+        shifted = np.where(starts, start_id, shifted)
     return shifted
 
 
@@ -48,16 +58,31 @@ def autoregressive_inputs(targets: np.ndarray, segment_ids: np.ndarray | None) -
 # inputs by one sentinel; the targets list each sentinel followed by the span it replaced.
 
 
+def noise_span_counts(length: int, noise_density: float = 0.15,
+                      mean_noise_span_length: float = 3.0) -> tuple[int, int]:
+    """(noise tokens, noise spans) of T5's `random_spans_noise_mask` for `length` tokens.
+
+    round(length·density) kept within [1, length-1], and max(round(noise / mean span), 1),
+    computed in float32 and rounded half to even exactly as T5's TensorFlow code does: e.g.
+    190 tokens at 0.15 give 29 noise tokens (190·0.15 is 28.500002 in float32), not 28.
+    """
+    num_noise_tokens = int(np.round(np.float32(length) * np.float32(noise_density)))
+    num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
+    num_noise_spans = int(np.round(np.float32(num_noise_tokens)
+                                   / np.float32(mean_noise_span_length)))
+    return num_noise_tokens, max(num_noise_spans, 1)
+
+
 def _inputs_and_targets_length(tokens_length: int, noise_density: float,
                                mean_noise_span_length: float, extra_inputs: int,
                                extra_targets: int) -> tuple[int, int]:
-    # The counts `random_spans_noise_mask` uses (at least one noise token, one non-noise token
-    # and one span), so the lengths are exactly those `span_corruption` produces; T5's helper
-    # skips the clamps and so overshoots short inputs (inputs_length <= 9 at the defaults).
-    num_noise_tokens = int(round(tokens_length * noise_density))
-    num_noise_tokens = min(max(num_noise_tokens, 1), tokens_length - 1)
+    # The counts `random_spans_noise_mask` uses, so the lengths are exactly those
+    # `span_corruption` produces. T5's helper computes them in float64 without the clamps,
+    # so where its mask (float32, clamped) rounds differently (inputs_length <= 9, or e.g.
+    # 172 at the defaults) its lengths miss what its own span corruption makes; ours don't.
+    num_noise_tokens, num_noise_spans = noise_span_counts(
+        tokens_length, noise_density, mean_noise_span_length)
     num_nonnoise_tokens = tokens_length - num_noise_tokens
-    num_noise_spans = max(int(round(num_noise_tokens / mean_noise_span_length)), 1)
     # Inputs: non-noise tokens, a sentinel per span, EOS. Targets: noise tokens, a sentinel
     # per span, EOS.
     return (num_nonnoise_tokens + num_noise_spans * extra_inputs + 1,
@@ -99,15 +124,14 @@ def random_spans_noise_mask(length: int, seed: int, noise_density: float = 0.15,
                             mean_noise_span_length: float = 3.0) -> np.ndarray:
     """Boolean noise mask with T5's span structure, starting with a non-noise span.
 
-    noise tokens = round(length·density), kept within [1, length-1]; spans =
-    max(round(noise / mean span length), 1); noise and non-noise tokens are each split at
-    random into that many non-empty spans, interleaved non-noise first.
+    `noise_span_counts` noise tokens in that many spans; noise and non-noise tokens are each
+    split at random into that many non-empty spans, interleaved non-noise first. Only the
+    random draw differs from T5's (NumPy, not TensorFlow's stateless shuffle).
     """
     original_length = length
     length = max(length, 2)
-    num_noise_tokens = int(round(length * noise_density))
-    num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
-    num_noise_spans = max(int(round(num_noise_tokens / mean_noise_span_length)), 1)
+    num_noise_tokens, num_noise_spans = noise_span_counts(length, noise_density,
+                                                          mean_noise_span_length)
     num_nonnoise_tokens = length - num_noise_tokens
     rng = np.random.default_rng(seed)
     noise_lengths = _random_segmentation(num_noise_tokens, num_noise_spans, rng)
@@ -131,6 +155,25 @@ def _replace_spans_with_sentinels(tokens: np.ndarray, mask: np.ndarray,
     return replaced[~(mask & previous)]
 
 
+def corrupt_spans(tokens: np.ndarray, noise_mask: np.ndarray, *, eos_id: int = 1,
+                  vocab_size: int) -> dict[str, np.ndarray]:
+    """The deterministic half of span corruption, for a given noise mask.
+
+    Inputs: the non-noise tokens with each noise span replaced by one sentinel; targets: each
+    sentinel followed by the noise span it replaced (T5's `noise_span_to_unique_sentinel` and
+    `nonnoise_span_to_unique_sentinel`); EOS ends both (T5's output features add it).
+    """
+    tokens = np.asarray(tokens, np.int32)
+    noise_mask = np.asarray(noise_mask, bool)
+    if noise_mask.shape != tokens.shape:
+        raise ValueError(f"noise mask shape {noise_mask.shape} != tokens shape {tokens.shape}")
+    eos = np.asarray([eos_id], np.int32)
+    inputs = _replace_spans_with_sentinels(tokens, noise_mask, vocab_size)
+    targets = _replace_spans_with_sentinels(tokens, ~noise_mask, vocab_size)
+    return {"inputs": np.concatenate([inputs, eos]).astype(np.int32),
+            "targets": np.concatenate([targets, eos]).astype(np.int32)}
+
+
 def span_corruption(
     tokens: np.ndarray,
     seed: int,
@@ -145,13 +188,8 @@ def span_corruption(
     `vocab_size` is the vocabulary's size including the extra ids, so sentinels count down
     from its last id. EOS ends both inputs and targets.
     """
-    tokens = np.asarray(tokens, np.int32)
     mask = random_spans_noise_mask(len(tokens), seed, noise_density, mean_noise_span_length)
-    eos = np.asarray([eos_id], np.int32)
-    inputs = _replace_spans_with_sentinels(tokens, mask, vocab_size)
-    targets = _replace_spans_with_sentinels(tokens, ~mask, vocab_size)
-    return {"inputs": np.concatenate([inputs, eos]).astype(np.int32),
-            "targets": np.concatenate([targets, eos]).astype(np.int32)}
+    return corrupt_spans(tokens, mask, eos_id=eos_id, vocab_size=vocab_size)
 
 
 def prefix_lm(tokens: np.ndarray, seed: int, *, eos_id: int = 1) -> dict[str, np.ndarray]:
@@ -170,9 +208,11 @@ def prefix_lm(tokens: np.ndarray, seed: int, *, eos_id: int = 1) -> dict[str, np
 @dataclasses.dataclass(frozen=True)
 class CausalLM:
     """Next-token prediction over whole chunks (GPT); for an encoder-decoder the encoder input
-    is empty (a lone EOS)."""
+    is empty (a lone EOS). `concatenate_documents=True` packs documents into full chunks
+    with no separator between them (see the module docstring)."""
 
     eos_id: int = 1
+    concatenate_documents: bool = False
 
     def raw_length(self, feature_lengths: Mapping[str, int]) -> int:
         return feature_lengths["targets"] - 1
@@ -183,9 +223,11 @@ class CausalLM:
 
 @dataclasses.dataclass(frozen=True)
 class PrefixLM:
-    """Random split into inputs (prefix) and targets (the rest + EOS)."""
+    """Random split into inputs (prefix) and targets (the rest + EOS); one document per
+    example unless `concatenate_documents` (T5's `prefix_lm` does not concatenate)."""
 
     eos_id: int = 1
+    concatenate_documents: bool = False
 
     def raw_length(self, feature_lengths: Mapping[str, int]) -> int:
         """Decoder ({'targets': L}): L - 1, so prefix + rest + EOS fill L exactly.
@@ -201,19 +243,27 @@ class PrefixLM:
 @dataclasses.dataclass(frozen=True)
 class SpanCorruption:
     """T5's span corruption; raw chunks are sized by `random_spans_helper` so the inputs fill
-    `feature_lengths['inputs']` and the targets fit the helper's targets length."""
+    `feature_lengths['inputs']` and the targets fit the helper's targets length.
+
+    By default (`concatenate_documents=True`) the chunks come from the concatenated corpus,
+    as in T5, so every chunk but the very last has exactly `raw_length` tokens and the noise
+    density over the corpus is the requested one. With `concatenate_documents=False` each
+    document is corrupted on its own: short documents then get relatively more noise (at
+    least one noise token each) in shorter spans, T5's counts rounded per document.
+    """
 
     noise_density: float = 0.15
     mean_noise_span_length: float = 3.0
     eos_id: int = 1
     vocab_size: int | None = None
     extra_ids: int = 100  # sentinels available; more spans would reuse real token ids
+    concatenate_documents: bool = True
 
     def raw_length(self, feature_lengths: Mapping[str, int]) -> int:
         tokens_length, targets_length = random_spans_helper(
             feature_lengths["inputs"], self.noise_density, self.mean_noise_span_length)
-        spans = max(int(round(round(tokens_length * self.noise_density)
-                              / self.mean_noise_span_length)), 1)
+        _, spans = noise_span_counts(tokens_length, self.noise_density,
+                                     self.mean_noise_span_length)
         if spans > self.extra_ids:
             raise ValueError(
                 f"span corruption of {tokens_length} raw tokens makes {spans} noise spans but "

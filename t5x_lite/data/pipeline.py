@@ -1,18 +1,31 @@
 """The input pipeline: TFDS source → grain → tokens → objective → packed rows → global batch.
 
     source (tfds.data_source, array_record; no TensorFlow)
-      → this process's records ([process_index::process_count], disjoint across hosts)
+      → this data shard's records ([shard_index::shard_count], disjoint across shards)
       → shuffle(seed), repeat                      (training only)
       → decode + tokenize (bad records skipped and counted in `RecordStats`)
-      → cut documents into chunks of the objective's raw length (counted)
+      → raw chunks of the objective's `raw_length`:
+          concatenate_documents  documents joined with no separator, cut into full chunks
+                                 (grain's ConcatThenSplitIterDataset; T5's
+                                 reduce_concat_tokens + split_tokens)
+          otherwise              each document cut on its own (`ChunkTokens`)
       → objective(tokens, seed)                     (pure; see objectives.py)
       → grain's FirstFitPackIterDataset              (segment ids + positions per row)
       → T5X feature names per architecture           (feature_converters.py)
-      → batch of this process's rows
+      → batch of this shard's rows (batch_size // shard_count)
       → `global_batch`: one jax.Array over the mesh's batch axes
 
-The grain iterator's state is tiny (record index + packer state) and is saved with every
-checkpoint, so a resumed run sees exactly the batches an uninterrupted run would.
+Data shards are the mesh's batch shards, not processes: processes whose devices hold the same
+rows of the batch (a `model` or `fsdp` axis spanning hosts) pass the same `shard_index` and
+read identical data. Every seed (shuffle, objective noise, packing) is folded with the shard
+index, and the objective's seed with the example's position in its shard's stream, so no two
+shards corrupt their k-th examples alike, while replicas of one shard agree.
+
+The grain iterator's state is tiny (record index + chunker and packer state) and is saved
+with every checkpoint, so a resumed run sees exactly the batches an uninterrupted run would.
+For evaluation, `num_batches=N` yields exactly N batches on every shard: a shard that runs out
+first pads with all-zero batches (segment ids and loss weights 0), which count for nothing in
+summed metrics, so every host runs the same number of collective eval steps.
 """
 from __future__ import annotations
 
@@ -27,9 +40,11 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from t5x_lite import paths
 from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import objectives, python_docs
 from t5x_lite.data import vocab as vocab_lib
+from t5x_lite.models.model_format import ModelFormat, check_vocabulary
 
 Objective = Callable[[np.ndarray, int], dict[str, np.ndarray]]
 
@@ -56,7 +71,8 @@ class DatasetConfig:
         data_dir = self.resolved_data_dir()
         if self.name.split(":")[0] == "python_docs":
             return python_docs.data_source(self.split, data_dir)
-        return tfds.data_source(self.name, split=self.split, data_dir=data_dir)
+        return tfds.data_source(self.name, split=self.split,
+                                data_dir=str(paths.as_path(data_dir)))
 
     def texts(self, limit: int | None = None):
         """Yields decoded texts in order (vocabulary training, corpus statistics)."""
@@ -130,6 +146,85 @@ def bind_vocabulary(objective: Objective, vocabulary: vocab_lib.Vocabulary) -> O
     return objective
 
 
+def shard_seed(seed: int, shard_index: int) -> int:
+    """A 32-bit seed for one data shard: distinct shards get unrelated streams of randomness,
+    the replicas of one shard the same one."""
+    return int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
+
+
+def concat_then_split(tokens: grain.IterDataset, length: int, max_tokens_per_document: int,
+                      stats: RecordStats) -> grain.IterDataset:
+    """Documents' tokens joined with no separator and cut into chunks of `length` (T5's
+    `reduce_concat_tokens` + `split_tokens`; EOS is added later, by the objective). Only the
+    last chunk of a finite stream is shorter. T5 concatenates 128 documents at a time, so
+    its stream has a short chunk every 128 documents; here the stream is unbroken."""
+
+    def as_feature(document):
+        if len(document) > length:
+            stats.add("split_long")
+        return {"targets": document[:max_tokens_per_document]}
+
+    chunks = grain.experimental.ConcatThenSplitIterDataset(
+        tokens.map(as_feature), length_struct={"targets": length})
+    # The packer's padding (zeros after the last chunk of a finite stream) is not data.
+    return chunks.map(lambda row: row["targets"][row["targets_segment_ids"] > 0])
+
+
+def format_for_layout(layout: str, bidirectional_inputs: bool,
+                      vocabulary: vocab_lib.Vocabulary) -> ModelFormat:
+    """The format a caller that passes only a layout means (T5's special ids)."""
+    return ModelFormat(eos_id=vocabulary.eos_id, architecture=layout,
+                       inputs_attention="bidirectional" if bidirectional_inputs else "causal")
+
+
+class PadToBatches(grain.IterDataset):
+    """A finite dataset's batches; with `num_batches`, exactly that many: the parent's, then
+    copies of `padding` (an empty batch) once it runs out, so every shard runs the same
+    number of evaluation steps."""
+
+    def __init__(self, parent: grain.IterDataset, num_batches: int | None, padding):
+        super().__init__(parent)
+        if num_batches is not None and num_batches < 1:
+            raise ValueError(f"num_batches must be positive, got {num_batches}")
+        self.num_batches, self.padding = num_batches, padding
+
+    @property
+    def parent(self) -> grain.IterDataset:
+        return self._parent
+
+    def __iter__(self):
+        return _PadToBatchesIterator(self._parent.__iter__(), self.num_batches, self.padding)
+
+
+class _PadToBatchesIterator(grain.DatasetIterator):
+    def __init__(self, parent, num_batches, padding):
+        super().__init__(parent)
+        self.num_batches, self.padding = num_batches, padding
+        self.produced, self.exhausted = 0, False
+
+    def __next__(self):
+        if self.num_batches is not None and self.produced >= self.num_batches:
+            raise StopIteration
+        batch = None
+        if not self.exhausted:
+            try:
+                batch = next(self._parent)
+            except StopIteration:
+                self.exhausted = True
+        if batch is None and self.num_batches is None:
+            raise StopIteration
+        self.produced += 1
+        return batch if batch is not None else {k: v.copy() for k, v in self.padding.items()}
+
+    def get_state(self):
+        return {"parent": self._parent.get_state(), "produced": self.produced,
+                "exhausted": self.exhausted}
+
+    def set_state(self, state):
+        self._parent.set_state(state["parent"])
+        self.produced, self.exhausted = state["produced"], state["exhausted"]
+
+
 def make_dataset(
     config: DatasetConfig,
     vocabulary: vocab_lib.Vocabulary,
@@ -139,64 +234,107 @@ def make_dataset(
     objective: Objective = objectives.CausalLM(),
     layout: str = "decoder",
     bidirectional_inputs: bool = True,
+    model_format: ModelFormat | None = None,
     seed: int = 0,
     shuffle: bool = True,
     repeat: bool = True,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_batches: int | None = None,
     max_chunks_per_document: int = 64,
     stats: RecordStats | None = None,
 ) -> tuple[grain.IterDataset, RecordStats]:
-    """This process's share of `batch_size` packed rows per step, as a grain IterDataset."""
+    """This data shard's `batch_size // shard_count` packed rows per step, as an IterDataset.
+
+    `shard_index` / `shard_count` are the mesh's batch shard of this process and the number
+    of batch shards (default: one shard per process). `model_format` (the model's) wins
+    over `layout` / `bidirectional_inputs`, which only serve callers without a model.
+
+    Finite data (`repeat=False`) keeps its last partial batch, padded with empty rows, and
+    comes as a `PadToBatches`; `num_batches=N` (or `exactly(dataset, N)`) makes it exactly N
+    batches, padded with empty batches when this shard's data runs out (module docstring).
+    """
+    fmt = model_format or format_for_layout(layout, bidirectional_inputs, vocabulary)
+    check_vocabulary(fmt, vocabulary)
+    layout = fmt.architecture
     converters.check_layout(layout, feature_lengths)
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if batch_size % process_count:
-        raise ValueError(f"batch size {batch_size} must be divisible by {process_count} processes")
-    local_batch = batch_size // process_count
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
+    if batch_size % shard_count:
+        raise ValueError(f"batch size {batch_size} must be divisible by {shard_count} shards")
+    local_batch = batch_size // shard_count
     stats = stats or RecordStats()
     objective = bind_vocabulary(objective, vocabulary)
     raw_length = objective.raw_length(feature_lengths)
+    local_seed = shard_seed(seed, shard_index)
 
-    dataset = grain.MapDataset.source(config.source())[process_index::process_count]
+    dataset = grain.MapDataset.source(config.source())[shard_index::shard_count]
     if shuffle:
-        dataset = dataset.shuffle(seed=seed)
+        dataset = dataset.shuffle(seed=local_seed)
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.map(functools.partial(
         tokenize_record, vocabulary=vocabulary, text_feature=config.text_feature, stats=stats,
     )).filter(lambda tokens: tokens is not None)
-    iter_dataset = grain.experimental.FlatMapIterDataset(
-        dataset.to_iter_dataset(), ChunkTokens(raw_length, max_chunks_per_document, stats))
+    if getattr(objective, "concatenate_documents", False):
+        iter_dataset = concat_then_split(dataset.to_iter_dataset(), raw_length,
+                                         max_chunks_per_document * raw_length, stats)
+    else:
+        iter_dataset = grain.experimental.FlatMapIterDataset(
+            dataset.to_iter_dataset(), ChunkTokens(raw_length, max_chunks_per_document, stats))
 
     def apply_objective(tokens, rng: np.random.Generator):
+        # grain sets `rng` from (local_seed, the example's index in this shard's stream).
         example = objective(tokens, int(rng.integers(2**31 - 1)))
-        packable, truncated = converters.to_packable(example, layout, feature_lengths,
-                                                     vocabulary.eos_id)
+        packable, truncated = converters.to_packable(example, fmt, feature_lengths)
         if truncated:
             stats.add("truncated")
         return packable
 
-    iter_dataset = iter_dataset.random_map(apply_objective, seed=seed)
+    iter_dataset = iter_dataset.random_map(apply_objective, seed=local_seed)
     iter_dataset = grain.experimental.FirstFitPackIterDataset(
         iter_dataset,
         length_struct=converters.packing_lengths(layout, feature_lengths),
         num_packing_bins=local_batch,
-        seed=seed,
+        seed=local_seed,
         shuffle_bins=shuffle,
     )
-    iter_dataset = iter_dataset.map(
-        functools.partial(converters.convert, layout=layout,
-                          bidirectional_inputs=bidirectional_inputs))
-    return iter_dataset.batch(local_batch, drop_remainder=True), stats
+    iter_dataset = iter_dataset.map(functools.partial(converters.convert, fmt=fmt))
+    if repeat:
+        iter_dataset = iter_dataset.batch(local_batch, drop_remainder=True)
+        return (iter_dataset if num_batches is None
+                else grain.experimental.LimitIterDataset(iter_dataset, num_batches)), stats
+    iter_dataset = iter_dataset.batch(local_batch, batch_fn=functools.partial(
+        grain.experimental.batch_and_pad, batch_size=local_batch))
+    padding = {name: np.zeros(shape, dtype) for name, (shape, dtype)
+               in converters.batch_shapes(fmt, feature_lengths, local_batch).items()}
+    return PadToBatches(iter_dataset, num_batches, padding), stats
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding):
-    """Assembles every process's rows into global jax.Arrays laid out by `sharding`."""
-    return {
-        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-        for name, value in local_batch.items()
-    }
+def exactly(dataset: grain.IterDataset, num_batches: int) -> grain.IterDataset:
+    """`num_batches` batches of a finite `make_dataset` output on every shard: its own, then
+    empty ones (all-zero segment ids and loss weights) once it runs out; or the first
+    `num_batches` of an endless one."""
+    if isinstance(dataset, PadToBatches):
+        return PadToBatches(dataset.parent, num_batches, dataset.padding)
+    return grain.experimental.LimitIterDataset(dataset, num_batches)
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding,
+                 batch_size: int | None = None):
+    """Assembles every process's rows into global jax.Arrays laid out by `sharding`.
+
+    Give `batch_size` (the global one) when processes replicate rows (several processes per
+    batch shard): JAX can't infer the global shape from the local one then.
+    """
+    def assemble(value):
+        value = np.asarray(value)
+        shape = None if batch_size is None else (batch_size, *value.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, value, shape)
+
+    return {name: assemble(value) for name, value in local_batch.items()}
 
 
 def unigram_entropy(vocabulary: vocab_lib.Vocabulary, texts) -> float:

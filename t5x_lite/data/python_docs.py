@@ -15,12 +15,15 @@ import itertools
 import logging
 import os
 import sysconfig
+import time
 import zlib
 from collections.abc import Iterator
 
 import filelock
 import tensorflow_datasets as tfds
 from etils import epath
+
+from t5x_lite import paths
 
 # Directory names that hold tests, third-party packages or bytecode, not docs.
 SKIPPED_DIR_NAMES = frozenset({"site-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -197,16 +200,43 @@ class PythonDocs(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str) -> None:
-    """Builds the dataset under `data_dir` as array_record; returns at once if built.
+    """Builds the dataset under `data_dir` (local, file:// or gs://) as array_record; returns
+    at once if built.
 
-    A file lock makes concurrent processes (test workers, two runs) build it once."""
+    On local disk a file lock makes concurrent processes (test workers, two runs) build it
+    once. A lock cannot work on gs://: there process 0 builds it (tfds writes a temporary
+    directory and moves it into place) and then writes a marker object, whose upload is
+    atomic; the other processes wait for the marker (up to 30 minutes)."""
     tfds.disable_progress_bar()
-    os.makedirs(data_dir, exist_ok=True)
-    with filelock.FileLock(os.path.join(data_dir, ".python_docs.lock")):
-        PythonDocs(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    directory = paths.as_path(data_dir)
+    builder = PythonDocs(data_dir=str(directory), file_format="array_record")
+    if paths.is_local(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        with filelock.FileLock(str(directory / ".python_docs.lock")):
+            builder.download_and_prepare()
+        return
+    _prepare_shared(builder, directory / f".python_docs-{PythonDocs.VERSION}.done")
+
+
+def _prepare_shared(builder: PythonDocs, marker, wait_s: float = 1800.0,
+                    poll_s: float = 5.0) -> None:
+    import jax  # which process writes shared files
+
+    if marker.exists():
+        return
+    if jax.process_index() == 0:
+        builder.download_and_prepare()
+        paths.atomic_write_text(marker, "built by process 0\n")
+        return
+    deadline = time.monotonic() + wait_s
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{marker.parent}: process 0 has not built python_docs after "
+                               f"{wait_s:.0f} s (no {marker.name})")
+        time.sleep(poll_s)
 
 
 def data_source(split: str, data_dir: str):
     """Random-access records of `split` ({"text": bytes, "source": bytes}), built if needed."""
     prepare(data_dir)
-    return tfds.data_source("python_docs", split=split, data_dir=data_dir)
+    return tfds.data_source("python_docs", split=split, data_dir=str(paths.as_path(data_dir)))

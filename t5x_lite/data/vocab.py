@@ -1,7 +1,8 @@
 """SentencePiece vocabulary with T5's sentinel ids, and deterministic training of one.
 
 Layout follows T5 / seqio's `SentencePieceVocabulary`: the SentencePiece pieces
-come first (pad=0, eos=1, unk=2), then `extra_ids` sentinels counted down from the
+come first (the ones trained here: pad=0, eos=1, unk=2, no bos; a given model keeps its own
+special ids, e.g. LLaMA's unk=0, bos=1, eos=2), then `extra_ids` sentinels counted down from the
 top, so `<extra_id_0>` is `vocab_size - 1`. Sentinels are not pieces of the
 SentencePiece model; this class maps them to and from text itself. Text right after
 a sentinel is a continuation, not a new start: it is encoded and decoded without
@@ -11,18 +12,21 @@ SentencePiece's dummy leading space, so "a <extra_id_0> b" round-trips exactly.
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import filelock
 import sentencepiece
 
+from t5x_lite import paths
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
 DEFAULT_EXTRA_IDS = 100
+
+_MAX_SENTENCES = 300_000
+_MAX_SENTENCE_CHARS = 8192
 
 _SENTINEL_PATTERN = re.compile(r"<extra_id_(0|[1-9][0-9]*)>")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -36,9 +40,16 @@ class Vocabulary:
     """Encodes text to ids and back; picklable, so grain can ship it to workers."""
 
     def __init__(self, model_path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
-        with open(model_path, "rb") as f:
-            model_proto = f.read()
+        model_proto = paths.as_path(model_path).read_bytes()  # local, file:// or gs://
         self._setup(model_path, model_proto, extra_ids)
+
+    @classmethod
+    def from_serialized(cls, model_proto: bytes, model_path: str,
+                        extra_ids: int = DEFAULT_EXTRA_IDS) -> "Vocabulary":
+        """A vocabulary from model bytes already in memory, known by `model_path`."""
+        vocabulary = cls.__new__(cls)
+        vocabulary._setup(model_path, model_proto, extra_ids)
+        return vocabulary
 
     def _setup(self, model_path: str, model_proto: bytes, extra_ids: int) -> None:
         if extra_ids < 0:
@@ -48,12 +59,12 @@ class Vocabulary:
         self._extra_ids = extra_ids
         self._sp = sentencepiece.SentencePieceProcessor()
         self._sp.LoadFromSerializedProto(model_proto)
-        special = (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id())
-        if special != (PAD_ID, EOS_ID, UNK_ID):
-            raise ValueError(
-                f"{model_path}: expected pad/eos/unk ids 0/1/2, got {special}; "
-                "train it with `train_vocabulary`."
-            )
+        # The special ids are the SentencePiece model's own (ours: pad 0, eos 1, unk 2, no
+        # bos; LLaMA's: unk 0, bos 1, eos 2, no pad). -1 means the model has none.
+        ids = {name: getattr(self._sp, f"{name}_id")() for name in ("pad", "eos", "unk", "bos")}
+        self._special = {name: (None if value < 0 else value) for name, value in ids.items()}
+        if self._special["eos"] is None:
+            raise ValueError(f"{model_path}: the SentencePiece model has no EOS id")
         self._base_size = self._sp.GetPieceSize()
         self._sp_continuation = None  # Built on first use; see `_continuation`.
 
@@ -94,16 +105,21 @@ class Vocabulary:
         return self._model_proto
 
     @property
-    def pad_id(self) -> int:
-        return PAD_ID
+    def pad_id(self) -> int | None:
+        return self._special["pad"]
 
     @property
     def eos_id(self) -> int:
-        return EOS_ID
+        return self._special["eos"]
 
     @property
-    def unk_id(self) -> int:
-        return UNK_ID
+    def unk_id(self) -> int | None:
+        return self._special["unk"]
+
+    @property
+    def bos_id(self) -> int | None:
+        """None for our vocabularies: rows start with a shift-right 0 (models/model_format.py)."""
+        return self._special["bos"]
 
     @property
     def extra_ids(self) -> int:
@@ -167,13 +183,14 @@ class Vocabulary:
         run: list[int] = []
         for token_id in ids:
             token_id = int(token_id)
-            if token_id == EOS_ID:
+            if token_id == self.eos_id:
                 break
-            if token_id == PAD_ID:
+            if token_id in (self.pad_id, self.bos_id):
                 continue
             sentinel = self.sentinel_index(token_id)
             if sentinel is None:
-                run.append(token_id if 0 <= token_id < self._base_size else UNK_ID)
+                in_range = 0 <= token_id < self._base_size
+                run.append(token_id if in_range or self.unk_id is None else self.unk_id)
                 continue
             if run:
                 pieces.append(self._decode_run(run, at_start=not pieces))
@@ -225,8 +242,8 @@ def train_vocabulary(
     model_path: str,
     vocab_size: int = 8192,
     *,
-    max_sentences: int = 300_000,
-    max_sentence_chars: int = 8192,
+    max_sentences: int = _MAX_SENTENCES,
+    max_sentence_chars: int = _MAX_SENTENCE_CHARS,
 ) -> str:
     """Trains a unigram SentencePiece model on `texts` and writes it to `model_path`.
 
@@ -236,8 +253,18 @@ def train_vocabulary(
     `decode(encode(text)) == text` for any text (code and its indentation included);
     NFKC would rewrite characters such as ligatures and full-width forms.
     Characters outside the 99.95% coverage fall back to UTF-8 byte pieces.
-    The file appears atomically (written beside it, then renamed). Returns `model_path`.
+    The file appears atomically (paths.atomic_write_bytes: renamed into place on local disk,
+    one upload on gs://). Returns `model_path`.
     """
+    model = _train_model(texts, vocab_size, max_sentences=max_sentences,
+                         max_sentence_chars=max_sentence_chars)
+    paths.atomic_write_bytes(model_path, model)
+    return model_path
+
+
+def _train_model(texts: Iterable[str], vocab_size: int, *, max_sentences: int,
+                 max_sentence_chars: int) -> bytes:
+    """The serialized SentencePiece model `train_vocabulary` writes."""
     sentences = _evenly_spaced(
         list(training_sentences(texts, max_sentence_chars)), max_sentences
     )
@@ -265,18 +292,7 @@ def train_vocabulary(
         num_threads=1,
         minloglevel=1,
     )
-    directory = os.path.dirname(os.path.abspath(model_path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".vocab-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.getvalue())
-        os.replace(tmp_path, model_path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    return model_path
+    return model.getvalue()
 
 
 def python_docs_train_texts(data_dir: str) -> Iterator[str]:
@@ -292,7 +308,7 @@ def python_docs_train_texts(data_dir: str) -> Iterator[str]:
 
 
 def cached_vocabulary_path(data_dir: str, vocab_size: int) -> str:
-    return os.path.join(data_dir, "vocab", f"python_docs_sp{vocab_size}.model")
+    return str(paths.as_path(data_dir) / "vocab" / f"python_docs_sp{vocab_size}.model")
 
 
 def get_or_train_vocabulary(
@@ -308,15 +324,33 @@ def get_or_train_vocabulary(
     `vocab_size` counts SentencePiece pieces; the result has `vocab_size + extra_ids`
     ids. A trained model is cached as `{data_dir}/vocab/python_docs_sp{vocab_size}.model`,
     keyed by size only: a `texts_fn` over other texts should use another `data_dir`.
+
+    Concurrent runs train it once: on local disk under a file lock. A lock cannot work on
+    gs://, so there every process that finds no cached model trains it (training is
+    deterministic: the same bytes everywhere) and only process 0 writes it, in one atomic
+    upload; the others use their own identical copy.
     """
     if sentencepiece_model is not None:
-        if not os.path.isfile(sentencepiece_model):
+        if not paths.as_path(sentencepiece_model).is_file():
             raise FileNotFoundError(f"SentencePiece model not found: {sentencepiece_model}")
         return Vocabulary(sentencepiece_model, extra_ids)
     model_path = cached_vocabulary_path(data_dir, vocab_size)
-    os.makedirs(os.path.dirname(model_path), exist_ok=True)
-    with filelock.FileLock(model_path + ".lock"):  # concurrent runs train it once
-        if not os.path.isfile(model_path):
-            texts = texts_fn() if texts_fn is not None else python_docs_train_texts(data_dir)
-            train_vocabulary(texts, model_path, vocab_size)
-    return Vocabulary(model_path, extra_ids)
+
+    def texts() -> Iterable[str]:
+        return texts_fn() if texts_fn is not None else python_docs_train_texts(data_dir)
+
+    if paths.is_local(model_path):
+        paths.ensure_dir(paths.as_path(model_path).parent)
+        with filelock.FileLock(model_path + ".lock"):
+            if not paths.as_path(model_path).is_file():
+                train_vocabulary(texts(), model_path, vocab_size)
+        return Vocabulary(model_path, extra_ids)
+    if paths.as_path(model_path).is_file():
+        return Vocabulary(model_path, extra_ids)
+    model = _train_model(texts(), vocab_size, max_sentences=_MAX_SENTENCES,
+                         max_sentence_chars=_MAX_SENTENCE_CHARS)
+    import jax  # only process 0 writes shared files
+
+    if jax.process_index() == 0:
+        paths.atomic_write_bytes(model_path, model)
+    return Vocabulary.from_serialized(model, model_path, extra_ids)

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping
 
 import flax.linen as nn
 import numpy as np
 
-from t5x_lite import checkpoints
+from t5x_lite import checkpoints, paths
 from t5x_lite.interop import hf_gpt2, hf_llama, hf_t5, mapping
-from t5x_lite.models import decoder, encoder_decoder
+from t5x_lite.models import decoder, encoder_decoder, model_format
 
 PARAMS_DIR = "params"
 MODEL_GIN = "model.gin"
@@ -63,8 +62,7 @@ def _family_for_module(module: nn.Module, base: Mapping[str, Any] | None):
 
 # ----------------------------------------------------------------------------- reading
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
-    with open(os.path.join(hf_dir, "config.json")) as f:
-        return json.load(f)
+    return json.loads((paths.as_path(hf_dir) / "config.json").read_text())
 
 
 def read_hf_weights(hf_dir: str) -> dict[str, np.ndarray]:
@@ -72,21 +70,26 @@ def read_hf_weights(hf_dir: str) -> dict[str, np.ndarray]:
     its sharded form (model.safetensors.index.json), or pytorch_model.bin (needs torch)."""
     from safetensors.numpy import load_file
 
+    directory = paths.as_path(hf_dir)
     for index_name, loader in (("model.safetensors.index.json", load_file),
                                ("pytorch_model.bin.index.json", _load_torch)):
-        index = os.path.join(hf_dir, index_name)
-        if os.path.exists(index):
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
+        index = directory / index_name
+        if index.exists():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             tensors = {}
             for shard in shards:
-                tensors.update(loader(os.path.join(hf_dir, shard)))
+                tensors.update(_load_local(loader, directory / shard))
             return tensors
-    if os.path.exists(os.path.join(hf_dir, "model.safetensors")):
-        return load_file(os.path.join(hf_dir, "model.safetensors"))
-    if os.path.exists(os.path.join(hf_dir, "pytorch_model.bin")):
-        return _load_torch(os.path.join(hf_dir, "pytorch_model.bin"))
+    for name, loader in (("model.safetensors", load_file), ("pytorch_model.bin", _load_torch)):
+        if (directory / name).exists():
+            return _load_local(loader, directory / name)
     raise FileNotFoundError(f"{hf_dir}: no model.safetensors or pytorch_model.bin")
+
+
+def _load_local(loader, path) -> dict[str, np.ndarray]:
+    """`loader` (safetensors' load_file, torch.load) needs a local file: gs:// is copied."""
+    with paths.local_file(path) as local:
+        return loader(local)
 
 
 def _load_torch(path: str) -> dict[str, np.ndarray]:
@@ -109,13 +112,14 @@ def import_hf(hf_dir: str, model_dir: str, *, scan_layers: bool = True) -> nn.Mo
     cfg = family.config_from_hf(hf_config, scan_layers=scan_layers)
     module = _module_for_config(cfg)
     params = family.params_from_hf(read_hf_weights(hf_dir), hf_config, module)
-    os.makedirs(model_dir, exist_ok=True)
-    checkpoints.save_params(os.path.join(model_dir, PARAMS_DIR), params)
+    directory = paths.ensure_dir(model_dir)
+    checkpoints.save_params(str(directory / PARAMS_DIR), params)
     write_model_config(model_dir, module, hf_config)
-    with open(os.path.join(model_dir, MODEL_GIN), "w") as f:
-        f.write(model_gin(module, init_from=os.path.abspath(os.path.join(model_dir, PARAMS_DIR)),
-                          source=f"{os.path.abspath(hf_dir)} (model_type "
-                                 f"{hf_config.get('model_type')!r})"))
+    # Absolute (or gs://) paths: the file is read from other working directories.
+    paths.atomic_write_text(directory / MODEL_GIN, model_gin(
+        module, init_from=paths.absolute(directory / PARAMS_DIR),
+        model_dir=paths.absolute(directory),
+        source=f"{paths.absolute(hf_dir)} (model_type {hf_config.get('model_type')!r})"))
     return module
 
 
@@ -130,22 +134,25 @@ def write_model_config(model_dir: str, module: nn.Module,
                        hf_config: Mapping[str, Any] | None = None) -> None:
     record = {"model": type(module).__name__, "config": dataclasses.asdict(module.config),
               "hf_config": dict(hf_config) if hf_config else None}
-    with open(os.path.join(model_dir, MODEL_CONFIG), "w") as f:
-        json.dump(record, f, indent=2)
+    paths.atomic_write_text(paths.as_path(model_dir) / MODEL_CONFIG, json.dumps(record, indent=2))
 
 
 def read_model_config(model_dir: str) -> tuple[nn.Module, dict | None]:
     """(our module, the transformers config it was imported from or None)."""
-    with open(os.path.join(model_dir, MODEL_CONFIG)) as f:
-        record = json.load(f)
+    record = json.loads((paths.as_path(model_dir) / MODEL_CONFIG).read_text())
     model_cls, config_cls, _ = _MODELS[record["model"]]
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record["config"].items()}
+    if isinstance(fields.get("format"), dict):
+        fields["format"] = model_format.ModelFormat.from_dict(fields["format"])
     return model_cls(config_cls(**fields)), record.get("hf_config")
 
 
-def model_gin(module: nn.Module, *, init_from: str | None = None, source: str = "") -> str:
-    """A models/*.gin style file that rebuilds `module` (and starts training from
-    `init_from`, a params-only checkpoint, when given)."""
+def model_gin(module: nn.Module, *, init_from: str | None = None, source: str = "",
+              model_dir: str | None = None) -> str:
+    """A models/*.gin style file that rebuilds `module`, its format included (and starts
+    training from `init_from`, a params-only checkpoint, when given). With `model_dir` it also
+    binds MODEL_DIR there and VOCABULARY to None, so `t5x-lite infer|score` run on this file
+    alone (on token ids; text needs a vocabulary file as well)."""
     name, (_, config_cls, gin_module) = next(
         (n, m) for n, m in _MODELS.items() if isinstance(module, m[0]))
     cfg = module.config
@@ -157,7 +164,8 @@ def model_gin(module: nn.Module, *, init_from: str | None = None, source: str = 
              "# Fine-tune: t5x-lite train --gin_file=THIS_FILE --gin_file=<data>.gin "
              "--gin_file=<run>.gin --gin.MODEL_DIR=...",
              "from __gin__ import dynamic_registration",
-             f"import t5x_lite.models.{gin_module} as {gin_module}"]
+             f"import t5x_lite.models.{gin_module} as {gin_module}",
+             "import t5x_lite.models.model_format as model_format"]
     if init_from:
         lines.append("import t5x_lite.train_loop as train_loop")
     lines.append("")
@@ -165,13 +173,24 @@ def model_gin(module: nn.Module, *, init_from: str | None = None, source: str = 
     if init_from:
         lines += ["# Weights a new run starts from (--gin.INIT_FROM=None for a random init).",
                   f"INIT_FROM = {init_from!r}"]
+    if model_dir:
+        lines += ["# infer / score / eval read the weights here; no SentencePiece vocabulary "
+                  "came with the import.", f"MODEL_DIR = {model_dir!r}", "VOCABULARY = None"]
     lines += ["", f"MODEL = @{gin_module}.{name}()",
               f"{gin_module}.{name}.config = @{gin_module}.{config_cls.__name__}()",
               f"{gin_module}.{config_cls.__name__}:"]
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
-        lines.append(f"  {field.name} = " + (f"%{by_macro[field.name]}" if field.name in by_macro
-                                              else repr(value)))
+        if field.name == "format":
+            value = "@model_format.ModelFormat()"
+        elif field.name in by_macro:
+            value = f"%{by_macro[field.name]}"
+        else:
+            value = repr(value)
+        lines.append(f"  {field.name} = {value}")
+    lines += ["", "# How the model reads its rows: special ids, BOS, prefix attention.",
+              "model_format.ModelFormat:"]
+    lines += [f"  {k} = {v!r}" for k, v in cfg.format.to_dict().items()]
     if init_from:
         lines += ["", "train_loop.train.init_from = %INIT_FROM"]
     return "\n".join(lines) + "\n"
@@ -184,20 +203,21 @@ def load_model(model_dir: str, model: nn.Module | None = None) -> tuple[nn.Modul
     MODEL_DIR/checkpoints wins over params/). Params are numpy float32 arrays:
     `module.apply({"params": params}, ...)` gives logits."""
     if model is None:
-        if not os.path.exists(os.path.join(model_dir, MODEL_CONFIG)):
+        if not (paths.as_path(model_dir) / MODEL_CONFIG).exists():
             raise FileNotFoundError(f"{model_dir}: no {MODEL_CONFIG} (written by the import); "
                                     "for a training run, pass its model")
         model, _ = read_model_config(model_dir)
     abstract = mapping.abstract_params(model)
-    restored = checkpoints.restore_train_params(os.path.join(model_dir, TRAIN_CHECKPOINTS),
+    directory = paths.as_path(model_dir)
+    restored = checkpoints.restore_train_params(str(directory / TRAIN_CHECKPOINTS),
                                                 abstract)
     if restored is not None:
         return model, restored[1]
-    params_dir = os.path.join(model_dir, PARAMS_DIR)
-    if not os.path.isdir(params_dir):
+    params_dir = directory / PARAMS_DIR
+    if not params_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no {TRAIN_CHECKPOINTS}/ or {PARAMS_DIR}/ "
                                 "checkpoint")
-    return model, checkpoints.restore_params(params_dir, abstract)
+    return model, checkpoints.restore_params(str(params_dir), abstract)
 
 
 def export_hf(model_dir: str, out_dir: str, *, model: nn.Module | None = None,
@@ -211,7 +231,7 @@ def export_hf(model_dir: str, out_dir: str, *, model: nn.Module | None = None,
     from safetensors.numpy import save_file
 
     base = hf_config
-    if os.path.exists(os.path.join(model_dir, MODEL_CONFIG)):
+    if (paths.as_path(model_dir) / MODEL_CONFIG).exists():
         recorded, recorded_base = read_model_config(model_dir)
         model, base = model or recorded, base or recorded_base
     module, params = load_model(model_dir, model)
@@ -219,10 +239,10 @@ def export_hf(model_dir: str, out_dir: str, *, model: nn.Module | None = None,
     hf_config = family.config_to_hf(module.config, base)
     hf_config["dtype"] = dtype
     tensors = family.params_to_hf(params, module, np.dtype(_numpy_dtype(dtype)))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    out = paths.ensure_dir(out_dir)
+    paths.atomic_write_text(out / "config.json", json.dumps(hf_config, indent=2, sort_keys=True))
+    with paths.atomic_local_file(out / "model.safetensors") as staging:
+        save_file(tensors, staging, metadata={"format": "pt"})
     return out_dir
 
 

@@ -34,6 +34,7 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> decoder.DecoderConfig:
         position_embedding="learned", max_length=hf.get("n_positions", 1024),
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)), use_bias=True,
         embedding_init_stddev=hf.get("initializer_range", 0.02),
+        format=mapping.format_from_hf(hf),
     )
     fields.update(overrides)
     return decoder.DecoderConfig(**fields)
@@ -47,8 +48,9 @@ def config_to_hf(cfg: decoder.DecoderConfig,
             or cfg.num_heads * cfg.head_dim != cfg.embed_dim:
         raise NotImplementedError("not a GPT-2 architecture (LayerNorm, learned positions, "
                                   "biases, ungated MLP, heads * head_dim == embed_dim)")
-    hf = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None, "model_type": "gpt2"}
+    hf = {"model_type": "gpt2"}
     hf.update(base or {})
+    hf.update(mapping.format_to_hf(cfg.format))
     hf.update(
         architectures=["GPT2LMHeadModel"], vocab_size=cfg.vocab_size, n_embd=cfg.embed_dim,
         n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.mlp_dim,

@@ -62,6 +62,7 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> decoder.DecoderConfig:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         use_bias=bool(hf.get("attention_bias", False)),
         embedding_init_stddev=hf.get("initializer_range", 0.02),
+        format=mapping.format_from_hf(hf),
     )
     fields.update(overrides)
     return decoder.DecoderConfig(**fields)
@@ -74,9 +75,9 @@ def config_to_hf(cfg: decoder.DecoderConfig,
     if (cfg.norm_type, cfg.position_embedding) != ("rmsnorm", "rope") or len(acts) != 2 \
             or acts[1] != "linear":
         raise NotImplementedError("only RMSNorm + RoPE + gated-MLP decoders are LLaMA models")
-    # Our vocabularies: pad 0, eos 1, no bos.
-    hf = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": None, "model_type": "llama"}
+    hf = {"model_type": "llama"}
     hf.update({k: v for k, v in (base or {}).items() if k not in ("rope_scaling",)})
+    hf.update(mapping.format_to_hf(cfg.format))
     hf.update(
         architectures=[ARCHITECTURES.get(hf["model_type"], ARCHITECTURES["llama"])],
         vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim, num_hidden_layers=cfg.num_layers,

@@ -60,6 +60,7 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> encoder_decoder.Encode
         norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
         tie_embeddings=scales_decoder_output(hf),
         dropout_rate=float(hf.get("dropout_rate", 0.0)),
+        format=mapping.format_from_hf(hf, encoder_decoder=True),
     )
     fields.update(overrides)
     return encoder_decoder.EncoderDecoderConfig(**fields)
@@ -78,10 +79,10 @@ def config_to_hf(cfg: encoder_decoder.EncoderDecoderConfig,
         proj = mapping.activation_to_hf(acts[0])
     else:
         raise NotImplementedError(f"mlp_activations={acts} has no T5 feed_forward_proj")
-    hf = {"pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
-          "initializer_factor": 1.0, "model_type": "t5"}
+    hf = {"initializer_factor": 1.0, "model_type": "t5"}
     hf.update({k: v for k, v in (base or {}).items()
                if k not in ("scale_decoder_outputs", "dense_act_fn", "is_gated_act")})
+    hf.update(mapping.format_to_hf(cfg.format, encoder_decoder=True))
     hf.update(
         architectures=[ARCHITECTURES.get(hf["model_type"], ARCHITECTURES["t5"])],
         vocab_size=cfg.vocab_size, d_model=cfg.embed_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,

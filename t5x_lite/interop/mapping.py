@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from t5x_lite.models import model_format
 from t5x_lite.models.stacking import stack_layers, unscanned, unstack_layers
 
 Path = tuple[str, ...]
@@ -39,7 +40,7 @@ def abstract_params(module: nn.Module):
     """The module's params as a tree of ShapeDtypeStructs (nothing allocated)."""
     tokens = jnp.zeros((1, 1), jnp.int32)
     features = {"decoder_input_tokens": tokens}
-    if hasattr(module, "encode"):
+    if model_format.of(module).encoder_decoder:
         features["encoder_input_tokens"] = tokens
     return nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), **features))["params"])
 
@@ -132,3 +133,35 @@ def activation_to_hf(name: str) -> str:
     if name not in OUR_ACTIVATIONS:
         raise NotImplementedError(f"activation {name!r} has no transformers equivalent")
     return OUR_ACTIVATIONS[name]
+
+
+# ----------------------------------------------------------------------------- special ids
+def format_from_hf(hf: Mapping, *, encoder_decoder: bool = False) -> model_format.ModelFormat:
+    """The special ids of a transformers config as our model format. Rows of an imported
+    decoder-only model start with its BOS when it has one (LLaMA 1, GPT-2's <|endoftext|>), as
+    its tokenizer or lm-eval-harness feed it; a model without a pad id pads with its EOS (pad
+    ids are only ever fillers: loss and attention masks never read them)."""
+    eos = hf.get("eos_token_id")
+    if isinstance(eos, (list, tuple)):  # LLaMA 3 lists several stop ids; we stop at the first
+        eos = eos[0]
+    eos = 1 if eos is None else int(eos)
+    pad = hf.get("pad_token_id")
+    pad = eos if pad is None else int(pad)
+    if encoder_decoder:
+        start = hf.get("decoder_start_token_id")
+        return model_format.ModelFormat(pad_id=pad, eos_id=eos, unk_id=None,
+                                        decoder_start_id=pad if start is None else int(start))
+    bos = hf.get("bos_token_id")
+    return model_format.ModelFormat(pad_id=pad, eos_id=eos, unk_id=None,
+                                    bos_id=None if bos is None else int(bos),
+                                    decoder_start_id=pad)
+
+
+def format_to_hf(fmt: model_format.ModelFormat, *, encoder_decoder: bool = False) -> dict:
+    """Our model format as a transformers config's token-id fields."""
+    ids = {"pad_token_id": fmt.pad_id, "eos_token_id": fmt.eos_id}
+    if encoder_decoder:
+        ids["decoder_start_token_id"] = fmt.decoder_start_id
+    else:
+        ids["bos_token_id"] = fmt.bos_id
+    return ids

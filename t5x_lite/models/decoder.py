@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_lite.models import kv_cache, layers, position_encodings, stacking
+from t5x_lite.models import kv_cache, layers, model_format, position_encodings, stacking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,10 @@ class DecoderConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    format: model_format.ModelFormat = model_format.ModelFormat()  # special ids, prefix attention
 
     def __post_init__(self):
+        self.format.check_ids(self.vocab_size)
         if self.position_embedding not in ("rope", "learned", "none"):
             raise ValueError(
                 f"position_embedding must be 'rope', 'learned' or 'none', got "
@@ -121,7 +123,7 @@ class DecoderLM(nn.Module):
     config: DecoderConfig
     decode: str | None = None
     max_decode_length: int = 0
-    feature_converter = "decoder"  # which batch features the pipeline produces
+    architecture = "decoder"  # see model_format.of
 
     @nn.compact
     def __call__(

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite.models import kv_cache, layers, position_encodings, stacking
+from t5x_lite.models import kv_cache, layers, model_format, position_encodings, stacking
 
 # T5X's initialisers for T5 v1.1: fan-in normal kernels, with the query's divided by
 # sqrt(head_dim) because T5 does not scale the attention logits.
@@ -53,8 +53,10 @@ class EncoderDecoderConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    format: model_format.ModelFormat = model_format.ModelFormat()  # special ids
 
     def __post_init__(self):
+        self.format.check_ids(self.vocab_size)
         if self.remat_policy not in stacking.REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {sorted(stacking.REMAT_POLICIES)}, "
                              f"got {self.remat_policy!r}")
@@ -218,7 +220,7 @@ class EncoderDecoder(nn.Module):
     config: EncoderDecoderConfig
     decode: str | None = None  # cached decoding: 'prefill' or 'step' (see decoding.py)
     max_decode_length: int = 0
-    feature_converter = "encoder_decoder"  # which batch features the pipeline produces
+    architecture = "encoder_decoder"  # see model_format.of
 
     def setup(self):
         cfg = self.config

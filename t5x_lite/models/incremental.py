@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from t5x_lite.models import stacking
+from t5x_lite.models import model_format, stacking
 
 
 @flax.struct.dataclass
@@ -45,13 +45,9 @@ def _decoding_modules(module: nn.Module, max_length: int) -> tuple[nn.Module, nn
 
 def _init_args(module: nn.Module, batch: int, length: int, encoded_length: int | None):
     tokens = jnp.zeros((batch, length), jnp.int32)
-    if is_encoder_decoder(module):
+    if model_format.of(module).encoder_decoder:
         return jnp.zeros((batch, encoded_length or 1), jnp.int32), tokens
     return (tokens,)
-
-
-def is_encoder_decoder(module: nn.Module) -> bool:
-    return getattr(module, "feature_converter", "decoder") == "encoder_decoder"
 
 
 def _logical_names(module: nn.Module) -> dict[tuple[str, ...], tuple[str, ...]]:
@@ -98,7 +94,8 @@ class Incremental:
 
     def __init__(self, module: nn.Module, max_length: int):
         self.max_length = max_length
-        self.encoder_decoder = is_encoder_decoder(module)
+        self.format = model_format.of(module)
+        self.encoder_decoder = self.format.encoder_decoder
         self.prefill_module, self.step_module = _decoding_modules(module, max_length)
 
     def init_cache(self, batch: int, encoded_length: int | None):
@@ -106,14 +103,18 @@ class Incremental:
         shapes = jax.eval_shape(lambda: self.prefill_module.init(jax.random.key(0), *args))
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
-    def prefill(self, params, cache, prompt, prompt_lengths, encoder_inputs):
-        """Runs the prompts; returns (logits at each prompt's last token, cache, extra state)."""
+    def prefill(self, params, cache, prompt, prompt_lengths, encoder_inputs=None,
+                encoder_lengths=None):
+        """Runs the right-padded prompts (a prefix LM's bidirectionally, as it was trained);
+        returns (logits at each prompt's last token, cache, extra state)."""
         variables = {"params": params, "cache": cache}
         module = self.prefill_module
         batch, length = prompt.shape
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
         if self.encoder_decoder:
-            encoder_segments = (encoder_inputs > 0).astype(jnp.int32)
+            # From the lengths, not the ids: a pad id may be a real token elsewhere.
+            encoder_segments = (jnp.arange(encoder_inputs.shape[1])[None]
+                                < encoder_lengths[:, None]).astype(jnp.int32)
             encoded = module.apply({"params": params}, encoder_inputs, encoder_segments,
                                    method=module.encode)
             logits, mutated = module.apply(
@@ -121,7 +122,8 @@ class Incremental:
                 method=module.decoder_logits, mutable=["cache"])
             # The decoder prompt is the single start token.
             return logits[:, 0], mutated["cache"], (encoded, encoder_segments)
-        logits, mutated = module.apply(variables, prompt, None, positions,
+        prefix = positions < prompt_lengths[:, None] if self.format.bidirectional_inputs else None
+        logits, mutated = module.apply(variables, prompt, None, positions, prefix,
                                        logits_at=prompt_lengths - 1, mutable=["cache"])
         return logits[:, 0], mutated["cache"], ()
 
