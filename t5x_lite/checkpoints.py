@@ -82,6 +82,11 @@ class Checkpointer:
     def __init__(self, directory: str, *, save_every: int, keep: int | None = 3,
                  async_save: bool = True):
         self.directory = _path(directory)
+        # Restores go through the item handlers, not the manager: its restore ends in a
+        # collective barrier that a process failing on its own shards would never reach,
+        # leaving the others waiting (or pairing with the wrong collective).
+        self._state_handler = ocp.StandardCheckpointHandler()
+        self._data_handler = grain.checkpoint.CheckpointHandler()
         self.manager = ocp.CheckpointManager(
             self.directory,
             # Named handlers: a step's metadata can be read before this run saves anything.
@@ -116,6 +121,8 @@ class Checkpointer:
         for step in reversed(self.steps()):
             verdict, detail, state = self._attempt(step, abstract_state, data_iterator)
             agreed = _worst_of_all_processes(verdict)
+            if agreed not in (_OK, _DAMAGED, _MISMATCH):
+                agreed = _FAILED
             if agreed != verdict:
                 detail = f"another process could not restore step {step} in {self.directory}"
             if agreed == _OK:
@@ -136,24 +143,35 @@ class Checkpointer:
         return None
 
     def _attempt(self, step: int, abstract_state: Any, data_iterator) -> tuple[int, str, Any]:
-        """(verdict, detail, restored state or None) for one step, on this process."""
+        """(verdict, detail, restored state or None) for one step, on this process alone (no
+        collective: the processes agree on the verdicts afterwards)."""
         step_dir = self.directory / str(step)
         try:
             found = _check_files(self.directory, step, data_iterator is not None)
             if found is not None:
                 return (*found, None)
-            differences = _differences(self.manager.item_metadata(step)["state"],
+            if data_iterator is not None:
+                difference = _iterator_difference(step_dir / "data" / _data_file(),
+                                                  data_iterator)
+                if difference:
+                    return _MISMATCH, (
+                        f"checkpoint step {step} in {self.directory}: its data iterator state "
+                        f"does not fit this run's input pipeline ({difference}; the batch "
+                        "pieces, DATA_SHARDS or the pipeline changed). Resume with the "
+                        "configuration that wrote it, or train in a new model_dir"), None
+            differences = _differences(self._state_handler.metadata(step_dir / "state"),
                                        abstract_state)
             if differences:
                 return _MISMATCH, (
                     f"checkpoint step {step} in {self.directory} was written for a different "
                     f"train state (model, optimizer or dtypes changed?): {differences}. Resume "
                     "with the configuration that wrote it, or train in a new model_dir"), None
-            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            state = self._state_handler.restore(
+                step_dir / "state", args=ocp.args.StandardRestore(abstract_state))
             if data_iterator is not None:
-                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-            return _OK, "", restored["state"]
+                self._data_handler.restore(
+                    step_dir / "data", args=grain.checkpoint.CheckpointRestore(data_iterator))
+            return _OK, "", state
         except Exception as error:  # noqa: BLE001 - classified: only proof of damage is kept
             if _is_damage(error):
                 return _DAMAGED, f"{step_dir}: {_describe(error)}", None
@@ -187,6 +205,7 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+        self._state_handler.close()
 
 
 def _check_files(directory: epath.Path, step: int, with_data: bool) -> tuple[int, str] | None:
@@ -202,19 +221,53 @@ def _check_files(directory: epath.Path, step: int, with_data: bool) -> tuple[int
     if not data.exists():
         return _MISMATCH, (f"checkpoint step {step} in {directory} holds no data iterator "
                            "state (saved without one); this run restores one")
-    index, count = jax.process_index(), jax.process_count()
-    if (data / f"process_{index}-of-{count}.json").exists():
+    if (data / _data_file()).exists():
         return None
+    count = jax.process_count()
     counts = sorted({int(m.group(1)) for m in (
         re.fullmatch(r"process_\d+-of-(\d+)\.json", p.name) for p in data.iterdir()) if m})
     if counts and count not in counts:
         return _MISMATCH, (
             f"checkpoint step {step} in {directory} was written by "
-            f"{' or '.join(map(str, counts))} "
-            f"process(es), this run has {count}: the data iterator state of each process "
-            f"cannot be split or merged. Resume with {counts[-1]} processes, or train in a "
-            "new model_dir")
-    return _DAMAGED, f"{step_dir}: data/process_{index}-of-{count}.json is missing"
+            f"{' or '.join(map(str, counts))} process(es), this run has {count}: the data "
+            "iterator state of each process cannot be split or merged. Resume with "
+            f"{counts[-1]} processes, or train in a new model_dir")
+    return _DAMAGED, f"{step_dir}: data/{_data_file()} is missing"
+
+
+def _data_file() -> str:
+    """This process's file of the data item (grain's name for it)."""
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+def _iterator_difference(saved_file: epath.Path, iterator) -> str:
+    """Where the saved iterator state and `iterator`'s differ in structure (dict keys, list
+    lengths, leaf types: one stream per batch piece, one node per pipeline stage); '' when
+    they agree. grain would otherwise load a state of 4 streams into a pipeline of 2 without
+    a word."""
+    current = iterator.get_state()
+    if isinstance(current, bytes):  # a grain DataLoader's state is JSON bytes
+        current = current.decode()
+    if isinstance(current, str):
+        current = json.loads(current)
+    return _structure_difference(json.loads(saved_file.read_text()), current, "state")
+
+
+def _structure_difference(saved: Any, current: Any, where: str) -> str:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        if saved.keys() != current.keys():
+            return f"{where}: saved keys {sorted(saved)}, this run {sorted(current)}"
+        found = (_structure_difference(saved[k], current[k], f"{where}.{k}") for k in saved)
+    elif isinstance(saved, list) and isinstance(current, list):
+        if len(saved) != len(current):
+            return f"{where}: {len(saved)} entries saved, {len(current)} in this run"
+        found = (_structure_difference(a, b, f"{where}[{i}]")
+                 for i, (a, b) in enumerate(zip(saved, current)))
+    else:
+        same = type(saved) is type(current) or {type(saved), type(current)} <= {int, float}
+        return "" if same else (f"{where}: saved {type(saved).__name__}, "
+                                f"this run {type(current).__name__}")
+    return next((difference for difference in found if difference), "")
 
 
 def _differences(saved_metadata: Any, abstract: Any) -> str:

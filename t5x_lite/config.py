@@ -30,7 +30,7 @@ CLI_MACROS = ("MODEL_DIR", "INIT_FROM")
 # What model, data and run files define for each other and for the CLI's commands: a gin file
 # may define one that this command does not read (a data file's EVAL_DATA under `infer`).
 INTERFACE_MACROS = ("MODEL", "VOCABULARY", "TRAIN_DATA", "EVAL_DATA", "TASK_FEATURE_LENGTHS",
-                    "OBJECTIVE", "MESH_SHAPE", "LOGICAL_AXIS_RULES")
+                    "OBJECTIVE", "MESH_SHAPE", "DCN_MESH_SHAPE", "LOGICAL_AXIS_RULES")
 
 
 # gin logs an ERROR on the root logger for each search path an include is *not* in.

@@ -301,8 +301,8 @@ def _decode(module, fmt, params, prompts, encoder_inputs, strategy, max_new_toke
         order = jnp.argsort(-scores, axis=1)
         tokens = jnp.take_along_axis(tokens, order[:, :, None], axis=1)
         scores = jnp.take_along_axis(scores, order, axis=1)
-        return {"tokens": _after_eos_padded(np.asarray(tokens), eos_id, fmt.pad_id),
-                "scores": np.asarray(scores)}
+        return {"tokens": _after_eos_padded(_on_host(tokens), eos_id, fmt.pad_id),
+                "scores": _on_host(scores)}
     n = strategy.num_samples
     seeds = np.broadcast_to(np.asarray(seeds, np.int64), (batch,))
     # Sample j of prompt i uses seed (seed_i, j): reproducible per request.
@@ -313,9 +313,19 @@ def _decode(module, fmt, params, prompts, encoder_inputs, strategy, max_new_toke
                                   tile(encoder_array), tile(encoder_lengths),
                                   jnp.asarray(sample_seeds), strategy=strategy,
                                   max_new_tokens=max_new_tokens, eos_id=eos_id)
-    tokens = np.asarray(tokens).reshape(batch, n, -1)
+    tokens = _on_host(tokens).reshape(batch, n, -1)
     return {"tokens": _after_eos_padded(tokens, eos_id, fmt.pad_id),
-            "scores": np.asarray(scores).reshape(batch, n)}
+            "scores": _on_host(scores).reshape(batch, n)}
+
+
+def _on_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host, also when the mesh spans processes (every process then
+    gathers the same result)."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
 
 def _after_eos_padded(tokens: np.ndarray, eos_id: int, pad_id: int) -> np.ndarray:

@@ -8,8 +8,8 @@ so the forward pass compiles once. `rank_classification` is the GPT-3 / T5 way t
 multiple-choice tasks: score every option and pick the likeliest.
 
 Perplexity over a whole split needs nothing new: `train_loop.evaluate(trainer, params,
-dataset, max_batches)` pools the summed loss of packed batches into loss / perplexity /
-accuracy; there is no separate wrapper here.
+dataset)` pools the summed loss of packed batches into loss / perplexity / accuracy; there is
+no separate wrapper here.
 
 Text metrics follow T5's `t5.evaluation.metrics` (scaled to 0-100). ROUGE-Lsum splits
 summaries into sentences on newlines, never with nltk's punkt (which would need a download).
@@ -91,12 +91,7 @@ def _place_params(module, params, batch, mesh, rules):
         boxed = jax.eval_shape(
             lambda: module.init(jax.random.key(0), **model_inputs(batch))["params"])
     shardings = partitioning.param_shardings(boxed, mesh, rules)
-    return jax.device_put(nn.unbox(params), shardings)
-
-
-def _global_array(values: np.ndarray, sharding) -> jax.Array:
-    # Every process holds all examples, so each fills its own shards from the full batch.
-    return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])
+    return partitioning.put_global(nn.unbox(params), shardings)
 
 
 def score(
@@ -159,7 +154,7 @@ def score(
         else:
             with mesh_and_rules(mesh, rules):
                 batch_sums, batch_counts = forward(
-                    params, {k: _global_array(v, sharding) for k, v in batch.items()})
+                    params, {k: partitioning.put_global(v, sharding) for k, v in batch.items()})
         batch_sums, batch_counts = jax.device_get((batch_sums, batch_counts))
         sums.extend(np.asarray(batch_sums).tolist())
         counts.extend(np.asarray(batch_counts).tolist())

@@ -66,6 +66,15 @@ def load(model, model_dir: str):
     return params
 
 
+def _mesh(mesh_shape):
+    """The mesh the job runs on: MESH_SHAPE if given; by default one device in a single
+    process (decoding a handful of rows gains nothing from splitting them) and every device,
+    data-parallel, when the job spans processes (each must hold a part of the mesh)."""
+    if mesh_shape is None:
+        mesh_shape = (1, 1, 1) if jax.process_count() == 1 else (-1, 1, 1)
+    return partitioning.make_mesh(mesh_shape)
+
+
 def _token_ids(record: dict, key: str, vocabulary, where: str) -> list[int]:
     """A field as token ids: a list of ints is taken as it is (pre-tokenized input, e.g. for a
     model imported without a SentencePiece vocabulary); text needs the vocabulary."""
@@ -86,7 +95,7 @@ def _decode_text(vocabulary, tokens: list[int]) -> str | None:
 
 def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: str | None,
           strategy: decoding.Strategy = decoding.Strategy(), max_new_tokens: int = 64,
-          batch_size: int = 8, seed: int = 0, mesh_shape=(1, 1, 1),
+          batch_size: int = 8, seed: int = 0, mesh_shape=None,
           logical_axis_rules=partitioning.DEFAULT_RULES, params=None) -> list[dict]:
     """Generates for every `inputs` line (text, or token ids); writes {inputs, outputs: [text],
     tokens, scores} to `output_path` (if given) and returns the same records. Prompts are read
@@ -99,7 +108,7 @@ def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
         prompts = [p + [fmt.eos_id] for p in prompts]
     # Into decoding's layout once, not per batch (the trained layout is not kept).
     params = decoding.prepare_params(model, load(model, model_dir) if params is None else params)
-    mesh = partitioning.make_mesh(mesh_shape)
+    mesh = _mesh(mesh_shape)
     results = []
     for start in range(0, len(records), batch_size):
         chunk, rows = records[start : start + batch_size], prompts[start : start + batch_size]
@@ -127,7 +136,7 @@ def _until_eos(tokens: np.ndarray, eos_id: int) -> list[int]:
 
 
 def score(*, model, vocabulary, model_dir: str, input_path: str, output_path: str,
-          batch_size: int = 8, mesh_shape=(1, 1, 1),
+          batch_size: int = 8, mesh_shape=None,
           logical_axis_rules=partitioning.DEFAULT_RULES, params=None) -> list[dict]:
     """Log-likelihood of each line's `targets` (EOS appended) given its `inputs`; each field is
     text or token ids. Rows are read as training read them (evaluation.score)."""
@@ -150,7 +159,7 @@ def score(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
 def _score_examples(model, params, examples, batch_size, mesh_shape, rules):
     longest_inputs = max(max(len(e["inputs"]) for e in examples), 1)
     longest_targets = max(len(e["targets"]) for e in examples)
-    mesh = partitioning.make_mesh(mesh_shape)
+    mesh = _mesh(mesh_shape)
     divisor = partitioning.batch_divisor(mesh, rules)
     return evaluation.score(model, params, examples,
                             batch_size=-(-batch_size // divisor) * divisor,
@@ -161,30 +170,32 @@ def _score_examples(model, params, examples, batch_size, mesh_shape, rules):
 def evaluate(*, model, vocabulary, model_dir: str, eval_data: pipeline.DatasetConfig | None,
              feature_lengths, objective, batch_size: int = 8, eval_batches: int = 16,
              input_path: str | None = None, output_path: str | None = None,
-             max_new_tokens: int = 64, seed: int = 0, mesh_shape=(1, 1, 1),
-             logical_axis_rules=partitioning.DEFAULT_RULES) -> dict[str, Any]:
-    """Loss, perplexity and token accuracy on a split; with an input file, also exact match,
-    BLEU and ROUGE of greedy predictions against its `targets`."""
+             max_new_tokens: int = 64, seed: int = 0, mesh_shape=None,
+             logical_axis_rules=partitioning.DEFAULT_RULES,
+             data_shards: int | None = None) -> dict[str, Any]:
+    """Loss, perplexity and token accuracy on a split (read in `data_shards` pieces, as
+    training reads it); with an input file, also exact match, BLEU and ROUGE of greedy
+    predictions against its `targets`."""
     from t5x_lite import optimizers, train_loop
     from t5x_lite.trainer import Trainer
 
     params = load(model, model_dir)
     results: dict[str, Any] = {}
     if eval_data is not None:
-        mesh = partitioning.make_mesh(mesh_shape)
+        mesh = _mesh(mesh_shape)
         fmt = model_format.of(model)
         schedule = optimizers.constant(0.0)
         trainer = Trainer(model, optimizers.adamw(schedule), schedule, mesh, logical_axis_rules,
                           batch_shapes=converters.batch_shapes(fmt, feature_lengths,
                                                                batch_size))
-        shard_index, shard_count = partitioning.batch_shard(mesh, trainer.rules)
-        dataset, _ = pipeline.make_dataset(
-            eval_data, vocabulary, feature_lengths=feature_lengths, batch_size=batch_size,
-            objective=objective, model_format=fmt, seed=seed, shuffle=False, repeat=False,
-            shard_index=shard_index, shard_count=shard_count)
-        placed = jax.device_put(params, trainer.state_shardings.params)
+        pieces, num_pieces = partitioning.batch_pieces(mesh, trainer.rules, data_shards)
+        dataset, _ = pipeline.make_sharded_dataset(
+            eval_data, vocabulary, pieces=pieces, num_pieces=num_pieces,
+            feature_lengths=feature_lengths, batch_size=batch_size, objective=objective,
+            model_format=fmt, seed=seed, shuffle=False, repeat=False, num_batches=eval_batches)
+        placed = partitioning.put_global(params, trainer.state_shardings.params)
         results.update({f"{eval_data.split}/{k}": v for k, v in
-                        train_loop.evaluate(trainer, placed, dataset, eval_batches).items()})
+                        train_loop.evaluate(trainer, placed, dataset).items()})
     if input_path:
         records = read_jsonl(input_path, ["inputs", "targets"])
         predictions = infer(model=model, vocabulary=vocabulary, model_dir=model_dir,

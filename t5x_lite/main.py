@@ -37,7 +37,8 @@ WIRING = {
     "eval": _INFERENCE_WIRING.format(fn="evaluate") + "\n".join([
         "inference.evaluate.eval_data = %EVAL_DATA",
         "inference.evaluate.feature_lengths = %TASK_FEATURE_LENGTHS",
-        "inference.evaluate.objective = %OBJECTIVE"]),
+        "inference.evaluate.objective = %OBJECTIVE",
+        "inference.evaluate.data_shards = %DATA_SHARDS"]),
 }
 # Commands that run on the devices of a (possibly multi-process) job.
 DISTRIBUTED_COMMANDS = ("train", "infer", "score", "eval")

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import paths
+from t5x_lite.models import model_format
 
 # Dense bf16 peak FLOP/s per chip from vendor data sheets.
 KNOWN_PEAK_FLOPS = {
@@ -76,7 +77,7 @@ def model_flops_per_step(model, params: Any, feature_lengths, batch_size: int) -
     token stream; checked against XLA's count of the compiled step in tests/test_flops.py).
     """
     cfg = model.config
-    if "encoder" not in params:
+    if not model_format.of(model).encoder_decoder:
         return flops_per_step(
             params, tied_embeddings=cfg.tie_embeddings, num_layers=cfg.num_layers,
             num_heads=cfg.num_heads, head_dim=cfg.head_dim,
@@ -227,12 +228,10 @@ def plot_losses(model_dir: str, filename: str = "loss.png") -> str | None:
 def parameter_counts(model, sequence_length: int = 8) -> dict[str, int]:
     """Parameters per top-level module and in total, from shapes alone (`jax.eval_shape`):
     no memory is allocated, so a 175B-parameter config is counted in seconds."""
-    import inspect
-
     tokens = jax.ShapeDtypeStruct((1, sequence_length), jnp.int32)
-    accepted = inspect.signature(type(model).__call__).parameters
-    inputs = {name: tokens for name in ("encoder_input_tokens", "decoder_input_tokens")
-              if name in accepted}
+    inputs = {"decoder_input_tokens": tokens}
+    if model_format.of(model).encoder_decoder:
+        inputs["encoder_input_tokens"] = tokens
 
     def init(inputs):
         return model.init(jax.random.key(0), **inputs)["params"]

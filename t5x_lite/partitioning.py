@@ -230,3 +230,33 @@ def optimizer_state_shardings(
         transform_non_params=lambda _: repl,
         is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
     )
+
+
+def batch_pieces(mesh: Mesh, rules: LogicalRules,
+                 num_pieces: int | None = None) -> tuple[range, int]:
+    """(the data pieces this process reads, how many pieces there are).
+
+    The global batch is cut into `num_pieces` equal pieces, each read by its own pipeline
+    (pipeline.make_sharded_dataset); a process reads the pieces of its batch rows, replicas the
+    same ones. A fixed `num_pieces` (DATA_SHARDS) makes the data independent of the mesh and
+    of the number of hosts: 2 hosts then train on exactly what 1 host does. By default there
+    is one piece per distinct batch shard of the processes (per host, for data parallelism).
+    """
+    index, count = batch_shard(mesh, rules)
+    num_pieces = count if num_pieces is None else num_pieces
+    if not isinstance(num_pieces, int) or num_pieces < 1 or num_pieces % count:
+        raise ValueError(f"DATA_SHARDS={num_pieces} must be a positive multiple of the {count} "
+                         f"batch shards the processes hold on mesh {dict(mesh.shape)}")
+    block = num_pieces // count
+    return range(index * block, (index + 1) * block), num_pieces
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Host values (the same on every process, e.g. weights read from a checkpoint) as global
+    arrays laid out by `shardings`: each process fills only its own devices' shards, so this
+    works on one host and on many (where `jax.device_put` of a host array would not)."""
+    def put(value, sharding):
+        value = np.asarray(jax.device_get(value))
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(put, tree, shardings)

@@ -173,6 +173,7 @@ def train(
     mesh_shape=(-1, 1, 1),
     dcn_mesh_shape=None,
     logical_axis_rules=partitioning.DEFAULT_RULES,
+    data_shards: int | None = None,
     objective=objectives.CausalLM(),
     seed: int = 0,
     init_from: str | None = None,
@@ -193,6 +194,9 @@ def train(
     {'inputs': Li, 'targets': Lt} for an encoder-decoder. How rows start and whether a
     decoder-only model reads an objective's inputs bidirectionally (prefix LM) is the model's
     format (`config.format`, models/model_format.py), shared with scoring and decoding.
+    `data_shards` (DATA_SHARDS) is how many independent record streams make up each global
+    batch (partitioning.batch_pieces): fixed, the run's data is the same on any mesh and any
+    number of hosts; None, one per host's batch shard.
     `init_from`, a params-only checkpoint (e.g. from `t5x-lite convert`), gives a new run its
     initial parameters; it is ignored once `model_dir` has a checkpoint to resume from.
     """
@@ -212,13 +216,14 @@ def train(
     if batch_size % divisor:
         raise ValueError(f"batch_size={batch_size} must be a multiple of the {divisor} "
                          f"batch shards of mesh {dict(mesh.shape)}")
-    shard_index, shard_count = partitioning.batch_shard(mesh, trainer.rules)
+    pieces, num_pieces = partitioning.batch_pieces(mesh, trainer.rules, data_shards)
 
     def dataset(config, *, training):
-        return pipeline.make_dataset(
-            config, vocabulary, feature_lengths=feature_lengths, batch_size=batch_size,
-            objective=objective, model_format=fmt, seed=seed, shuffle=training,
-            repeat=training, shard_index=shard_index, shard_count=shard_count)
+        return pipeline.make_sharded_dataset(
+            config, vocabulary, pieces=pieces, num_pieces=num_pieces,
+            feature_lengths=feature_lengths, batch_size=batch_size, objective=objective,
+            model_format=fmt, seed=seed, shuffle=training, repeat=training,
+            num_batches=None if training else eval_batches)
 
     train_dataset, stats = dataset(train_data, training=True)
     train_iter = iter(train_dataset)
@@ -239,8 +244,7 @@ def train(
                          stats, mesh)
 
     def evaluate_now(state):
-        eval_dataset, _ = dataset(eval_data, training=False)
-        return evaluate(trainer, state.params, eval_dataset, eval_batches)
+        return evaluate(trainer, state.params, dataset(eval_data, training=False)[0])
 
     return run.loop(
         state, start_step, trainer.train_step,
@@ -284,13 +288,12 @@ def _check_model_reads(model, vocabulary, feature_lengths) -> None:
                          f"table (max_length={limit})")
 
 
-def evaluate(trainer: Trainer, params, eval_dataset, num_batches: int) -> dict[str, float]:
-    """Loss, perplexity and token accuracy pooled over `num_batches` batches. Every process
-    runs exactly `num_batches` steps (a shard that runs out feeds empty, zero-weight batches),
-    so none leaves the collective early."""
+def evaluate(trainer: Trainer, params, eval_dataset) -> dict[str, float]:
+    """Loss, perplexity and token accuracy pooled over a finite dataset made with
+    `num_batches=N`: every process runs exactly N steps (a shard that runs out feeds empty,
+    zero-weight batches), so none leaves the collective early."""
     totals = None
-    batches = pipeline.exactly(eval_dataset, num_batches)
-    for local_batch in batches:
+    for local_batch in eval_dataset:
         sums = jax.device_get(trainer.eval_step(
             params, pipeline.global_batch(local_batch, trainer.batch_sharding,
                                           trainer.batch_size)))

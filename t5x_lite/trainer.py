@@ -224,13 +224,16 @@ def _normalise(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def summarize_eval(sums: Mapping[str, float]) -> dict[str, float]:
-    """Pooled eval sums → loss, perplexity (of the cross entropy without z-loss), accuracy."""
+    """Pooled eval sums → loss (the cross entropy, without the z-loss regulariser, so it does
+    not depend on the run's z_loss setting and `t5x-lite eval` reports what training logged),
+    perplexity, accuracy, and the z-loss term on its own."""
     tokens = max(float(sums["tokens"]), 1.0)
     cross_entropy = (float(sums["loss"]) - float(sums["z_loss"])) / tokens
     return {
-        "loss": float(sums["loss"]) / tokens,
+        "loss": cross_entropy,
         "perplexity": float(np.exp(cross_entropy)),
         "accuracy": float(sums["correct"]) / tokens,
+        "z_loss": float(sums["z_loss"]) / tokens,
         "target_tokens": tokens,
     }
 

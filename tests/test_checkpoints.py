@@ -1,9 +1,14 @@
 """Restoring checkpoints: a changed configuration is a clear error that touches nothing on
-disk; only a provably damaged step is set aside (and the one before it used)."""
+disk; only a provably damaged step is set aside (and the one before it used), also when only
+one of two processes finds the damage."""
 import glob
+import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import grain
 import numpy as np
@@ -111,6 +116,19 @@ def test_changed_process_count_is_a_clear_error(directory):
     assert snapshot(directory) == before
 
 
+def test_changed_data_layout_is_a_clear_error(directory):
+    # A pipeline of two streams (two batch pieces) where the checkpoint holds one.
+    two_pieces = iter(grain.experimental.ZipIterDataset(
+        [grain.MapDataset.range(100)[piece::2].to_iter_dataset() for piece in range(2)]))
+    before = snapshot(directory)
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match=r"step 2 in .*data iterator state does not fit this run's input "
+                             r"pipeline \(state: saved keys \['next_index'\], this run "
+                             r"\['parents'\]"):
+        restore(directory, iterator=two_pieces)
+    assert snapshot(directory) == before
+
+
 def _truncate(path):
     with open(path, "r+b") as f:
         f.truncate(3)
@@ -154,7 +172,7 @@ def test_failure_that_proves_no_damage_leaves_the_step_in_place(directory, monke
         raise ValueError('UNAVAILABLE: Error reading "params.lm_head.kernel/0.0" in OCDBT '
                          'database at "gs://bucket/run/checkpoints/2/state/"')
 
-    monkeypatch.setattr("orbax.checkpoint.CheckpointManager.restore", unavailable)
+    monkeypatch.setattr("orbax.checkpoint.StandardCheckpointHandler.restore", unavailable)
     with pytest.raises(checkpoints.CheckpointRestoreError,
                        match="step 2 .* left in place .*UNAVAILABLE"):
         restore(directory)
@@ -200,3 +218,72 @@ def test_training_on_with_a_changed_model_is_an_error_not_a_restart(tmp_path, da
         train(embed_dim=48)
     assert snapshot(tmp_path / "checkpoints") == before
     assert (tmp_path / "metrics.jsonl").read_text() == metrics  # no step was trained
+
+
+# ------------------------------------------------------------------------- two processes
+def _two_process_worker(process_id: int, port: int, directory: str) -> None:
+    """One process of the test below: both save steps 1 and 2 of one array sharded over the
+    8 devices of the 2 processes, process 0 truncates process 1's shards of step 2, both
+    restore and print what they got as JSON."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("x",)), PartitionSpec("x"))
+    values = {step: np.random.default_rng(step).standard_normal((1024, 64)).astype(np.float32)
+              for step in (1, 2)}  # random: zstd cannot shrink a shard below a file's size
+    checkpointer = checkpoints.Checkpointer(directory, save_every=1)
+    iterator = data_iterator()
+    for step in (1, 2):
+        next(iterator)
+        array = jax.make_array_from_callback((1024, 64), sharding,
+                                             lambda index, step=step: values[step][index])
+        checkpointer.save(step, {"w": array}, iterator)
+    checkpointer.close()
+    checkpoints.ocp.multihost.sync_global_processes("test_saved")
+    if process_id == 0:
+        for path in glob.glob(f"{directory}/2/state/ocdbt.process_1/d/*"):
+            _truncate(path)
+    checkpoints.ocp.multihost.sync_global_processes("test_damaged")
+    checkpointer, iterator = checkpoints.Checkpointer(directory, save_every=1), data_iterator()
+    abstract = {"w": jax.ShapeDtypeStruct((1024, 64), np.float32, sharding=sharding)}
+    step, state = checkpointer.restore_latest(abstract, iterator)
+    whole = jax.experimental.multihost_utils.process_allgather(state["w"], tiled=True)
+    checkpointer.close()
+    print(json.dumps({"step": step, "next": int(next(iterator)),
+                      "exact": bool(np.array_equal(whole, values[step])),
+                      "listing": sorted(os.listdir(directory))}))
+
+
+def test_two_processes_agree_on_damage_only_one_of_them_sees(tmp_path):
+    """Process 1 alone reads the damaged shards: both must still fall back to step 1 (a
+    process restoring alone would leave the other waiting in a collective)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                           os.environ.get("PYTHONPATH", "")]))
+    workers = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(tmp_path)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in range(2)]
+    try:
+        outputs = [worker.communicate(timeout=300) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+        assert json.loads(stdout.splitlines()[-1]) == {
+            "step": 1, "next": 1, "exact": True, "listing": ["1", "2.unreadable"]}
+    damaged_1, damaged_0 = outputs[1][1], outputs[0][1]
+    assert "checkpoint at step 2 could not be restored (damaged: " in damaged_1
+    assert "OUT_OF_RANGE" in damaged_1
+    assert "another process could not restore step 2" in damaged_0
+    assert "set aside the damaged checkpoint at step 2" in damaged_0
+
+
+if __name__ == "__main__":
+    _two_process_worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

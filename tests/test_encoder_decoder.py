@@ -11,7 +11,7 @@ from packing import pack
 from t5x_lite import optimizers, partitioning, train_loop
 from t5x_lite.data import feature_converters, objectives, pipeline
 from t5x_lite.models import encoder_decoder as ed
-from t5x_lite.models import position_encodings
+from t5x_lite.models import model_format, position_encodings
 from t5x_lite.trainer import Trainer
 
 TINY = ed.EncoderDecoderConfig(vocab_size=104, embed_dim=32, num_encoder_layers=2,
@@ -58,8 +58,11 @@ def test_relative_position_buckets_follow_t5():
     assert (np.diff(causal[::-1][:201]) >= 0).all()  # monotone in distance
 
 
+ENC_DEC_FORMAT = model_format.of(ed.EncoderDecoder(TINY))
+
+
 def _batch(trainer, rng):
-    shapes = feature_converters.batch_shapes("encoder_decoder", {"inputs": 24, "targets": 8}, 8)
+    shapes = feature_converters.batch_shapes(ENC_DEC_FORMAT, {"inputs": 24, "targets": 8}, 8)
     batch = {}
     for name, (shape, dtype) in shapes.items():
         if "segment" in name:
@@ -79,7 +82,7 @@ def _losses(mesh_shape):
     trainer = Trainer(ed.EncoderDecoder(TINY), optimizers.adamw(schedule), schedule, mesh,
                       partitioning.DEFAULT_RULES,
                       batch_shapes=feature_converters.batch_shapes(
-                          "encoder_decoder", {"inputs": 24, "targets": 8}, 8))
+                          ENC_DEC_FORMAT, {"inputs": 24, "targets": 8}, 8))
     state = trainer.create_state(0)
     batch = _batch(trainer, np.random.default_rng(1))
     losses = []

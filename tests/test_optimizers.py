@@ -450,7 +450,8 @@ def scanned_and_unrolled_after_training(config, tx, steps=3):
     batches = random_batches(steps, config.vocab_size)
     scanned = train(scanned_model, params, tx, batches)
     unrolled = train(unrolled_model, unrolled_init, tx, batches)
-    return flat(stacking.unrolled_params(scanned_model, scanned)), flat(unrolled), flat(unrolled_init)
+    return (flat(stacking.unrolled_params(scanned_model, scanned)), flat(unrolled),
+            flat(unrolled_init))
 
 
 def assert_same_training(got, expected, initial, atol):

@@ -6,7 +6,7 @@ import pytest
 
 from t5x_lite import optimizers, partitioning
 from t5x_lite.data import feature_converters, pipeline
-from t5x_lite.models import decoder
+from t5x_lite.models import decoder, model_format
 from t5x_lite.trainer import Trainer
 
 CONFIG = decoder.DecoderConfig(vocab_size=256, embed_dim=32, num_layers=2, num_heads=4,
@@ -39,7 +39,8 @@ def make_trainer(mesh_shape=(2, 2, 2), optimizer=optimizers.adamw, **kwargs):
     schedule = optimizers.constant(1e-2)
     return Trainer(decoder.DecoderLM(CONFIG), optimizer(learning_rate=schedule), schedule, mesh,
                    partitioning.DEFAULT_RULES,
-                   batch_shapes=feature_converters.batch_shapes('decoder', {'targets': 32}, 8),
+                   batch_shapes=feature_converters.batch_shapes(
+                       model_format.of(decoder.DecoderLM(CONFIG)), {'targets': 32}, 8),
                    **kwargs)
 
 

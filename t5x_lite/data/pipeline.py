@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import os
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import jax
@@ -311,6 +311,29 @@ def make_dataset(
     padding = {name: np.zeros(shape, dtype) for name, (shape, dtype)
                in converters.batch_shapes(fmt, feature_lengths, local_batch).items()}
     return PadToBatches(iter_dataset, num_batches, padding), stats
+
+
+def make_sharded_dataset(config: DatasetConfig, vocabulary: vocab_lib.Vocabulary, *,
+                         pieces: Sequence[int], num_pieces: int, batch_size: int,
+                         stats: RecordStats | None = None, **kwargs):
+    """This process's rows of each global batch: one `make_dataset` stream per batch piece it
+    holds (`partitioning.batch_pieces`), zipped into one iterator (one checkpointable state)
+    and concatenated in piece order.
+
+    A piece's records, seeds and packing depend on its index and `num_pieces` only, so the
+    global batch is the same however many processes share the pieces: a 2-host run trains on
+    exactly what a 1-host run on the same mesh does."""
+    stats = stats or RecordStats()
+    parts = [make_dataset(config, vocabulary, batch_size=batch_size, shard_index=piece,
+                          shard_count=num_pieces, stats=stats, **kwargs)[0] for piece in pieces]
+    if len(parts) == 1:
+        return parts[0], stats
+    zipped = grain.experimental.ZipIterDataset(parts)
+    return zipped.map(_concatenate_rows), stats
+
+
+def _concatenate_rows(batches) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
 
 
 def exactly(dataset: grain.IterDataset, num_batches: int) -> grain.IterDataset:
