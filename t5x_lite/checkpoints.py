@@ -1,19 +1,21 @@
 """Checkpoints: an orbax CheckpointManager holding the train state and the data iterator.
 
 Each step directory has two items: `state` (params, optimizer state, step, RNG; restored
-straight into the target shardings, so a checkpoint written on one mesh loads on another:
-orbax reads any target sharding's slices from the stored arrays) and `data` (one grain
-iterator file per process, `process_<i>-of-<n>.json`). Saves are asynchronous, and orbax
-lists only steps it finalized: a save cut short (`<step>.orbax-checkpoint-tmp-*`, or no
-`commit_success.txt` on object stores) is never seen.
+straight into the target shardings: orbax reads any sharding's slices from the stored arrays,
+so the state of one mesh loads on another) and `data` (one grain iterator file per process,
+`process_<i>-of-<n>.json`, one stream per batch piece the process reads). Saves are
+asynchronous, and orbax lists only steps it finalized: a save cut short
+(`<step>.orbax-checkpoint-tmp-*`, or no `commit_success.txt` on object stores) is never seen.
 
 `Checkpointer.restore_latest` tells three failures of a listed step apart:
 
 * **Mismatch** (`CheckpointMismatchError`): the step is intact but was written by a
-  differently configured run. Its tree, shapes or dtypes (orbax's stored metadata) differ
-  from the state this run builds, or its iterator files are for another process count, or it
-  has no iterator state. Nothing on disk is touched: training never restarts at step 0 over
-  checkpoints it cannot resume.
+  differently configured run: its tree, shapes or dtypes (orbax's stored metadata) differ
+  from the state this run builds, or its iterator files are for another process count, or
+  the saved iterator state has another structure than this run's pipeline (other batch
+  pieces: grain would load it anyway, into the wrong streams), or it has no iterator state.
+  Nothing on disk is touched: training never restarts at step 0 over checkpoints it cannot
+  resume.
 * **Damage**: the files are provably broken: the state item or this process's iterator file
   is missing, metadata JSON does not parse, tensorstore reports a truncated or undecodable
   chunk (DATA_LOSS, OUT_OF_RANGE, NOT_FOUND, "Data corruption", "Truncated ..."), or orbax
@@ -24,9 +26,10 @@ lists only steps it finalized: a save cut short (`<step>.orbax-checkpoint-tmp-*`
 * Anything else (a permission or network error, a bug) is no proof of damage:
   `CheckpointRestoreError` names the step and directory and nothing is renamed.
 
-With several processes each one checks and restores, the worst verdict of any process is
-the one all act on, and only process 0 renames, between two barriers; then every process
-reloads the step list.
+With several processes, each checks and restores a step on its own (no collective: a process
+failing on its own shards must not leave the others waiting in one), then the worst verdict
+of any process is the one all act on. Only process 0 renames, between two barriers; then
+every process reloads the step list.
 
 A *params-only* checkpoint (`save_params` / `restore_params`: one orbax PyTree, no optimizer
 state) is what `t5x-lite convert` writes and `train(init_from=...)` starts a run from.
@@ -83,15 +86,12 @@ class Checkpointer:
                  async_save: bool = True):
         self.directory = _path(directory)
         # Restores go through the item handlers, not the manager: its restore ends in a
-        # collective barrier that a process failing on its own shards would never reach,
-        # leaving the others waiting (or pairing with the wrong collective).
+        # barrier that a process failing on its own shards never reaches, leaving the others
+        # waiting there (or pairing it with the next collective).
         self._state_handler = ocp.StandardCheckpointHandler()
         self._data_handler = grain.checkpoint.CheckpointHandler()
         self.manager = ocp.CheckpointManager(
             self.directory,
-            # Named handlers: a step's metadata can be read before this run saves anything.
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": grain.checkpoint.CheckpointHandler()},
             options=ocp.CheckpointManagerOptions(
                 save_interval_steps=save_every,
                 max_to_keep=keep,

@@ -5,6 +5,7 @@ Files are found relative to the working directory, then `--gin_search_paths`, th
 packaged `gin_configs/`. `--gin.NAME=VALUE` bindings are applied after the files, in order
 (later wins). Any problem with the configuration raises `ConfigError`, whose message names
 the binding and the file (and line) it came from; main.py prints it and exits with code 2.
+That includes a macro bound but read by nothing (`GinConfig.check_macros_are_used`).
 """
 from __future__ import annotations
 

@@ -83,3 +83,28 @@ def test_malformed_line_is_named_and_nothing_is_written(trained):
     assert "bad.jsonl:2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (trained / "keep.jsonl").read_text() == "previous results\n"
     assert not [p for p in os.listdir(trained) if p.startswith(".keep.jsonl")]
+
+
+@pytest.mark.parametrize("command,flags,message", [
+    ("infer", ["--input=prompts.jsonl", "--output=never.jsonl",
+               "--gin.inference.infer.max_new_tokens=0"],
+     "max_new_tokens must be a positive integer, got 0"),
+    ("score", ["--input=ids.jsonl", "--output=never.jsonl"],
+     "ids.jsonl record 1: token id 9999 is outside the model's vocabulary (vocab_size=8320)"),
+    ("infer", ["--input=empty.jsonl", "--output=never.jsonl"], "empty.jsonl: no records"),
+    ("train", ["--gin.BATCH_SIZE=3", "--gin.MESH_SHAPE=(2, 1, 1)"],
+     "batch_size=3 must be a multiple of the 2 batch shards"),
+    ("train", ["--gin.decoder.DecoderConfig.position_embedding='learned'",
+               "--gin.decoder.DecoderConfig.max_length=16"],
+     "feature length 32 exceeds the model's learned position table (max_length=16)"),
+])
+def test_bad_input_is_one_line_and_exit_2(trained, command, flags, message):
+    (trained / "ids.jsonl").write_text(json.dumps({"inputs": [5], "targets": [9999]}) + "\n")
+    (trained / "empty.jsonl").write_text("\n")
+    result = cli(command, "--gin_file=tiny.gin", "--gin.MODEL_DIR='bad_run'", *flags,
+                 cwd=trained) if command == "train" else cli(
+        command, "--gin_file=tiny.gin", *flags, cwd=trained)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (trained / "never.jsonl").exists()

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 from t5x_lite.data import objectives, pipeline
+from t5x_lite.models.model_format import ModelFormat
+
+ENC_DEC = ModelFormat(architecture="encoder_decoder")
 
 
 def make_config(records):
@@ -122,7 +125,7 @@ def test_unigram_entropy_matches_token_frequencies(vocabulary):
 def span_corruption_dataset(data_dir, vocabulary, inputs_length=128, **kwargs):
     _, targets_length = objectives.random_spans_helper(inputs_length)
     options = dict(feature_lengths={"inputs": inputs_length, "targets": targets_length},
-                   batch_size=8, layout="encoder_decoder", seed=0,
+                   batch_size=8, model_format=ENC_DEC, seed=0,
                    objective=objectives.SpanCorruption())
     options.update(kwargs)
     return pipeline.make_dataset(pipeline.DatasetConfig(data_dir=data_dir), vocabulary,
@@ -229,7 +232,7 @@ def test_noise_is_seeded_per_shard(data_dir, vocabulary, objective):
     def first_batches(shard_index):
         dataset, _ = pipeline.make_dataset(
             make_config(records), vocabulary, feature_lengths={"inputs": 64, "targets": 64},
-            batch_size=8, objective=objective, layout="encoder_decoder", shuffle=False,
+            batch_size=8, objective=objective, model_format=ENC_DEC, shuffle=False,
             repeat=False, shard_index=shard_index, shard_count=2)
         return take(dataset, 2)
 
@@ -265,8 +268,7 @@ def test_eval_num_batches_is_the_same_on_every_shard(data_dir, vocabulary):
             shuffle=False, repeat=False, shard_index=shard_index, shard_count=2,
             num_batches=num_batches)[0]
 
-    shapes = pipeline.converters.batch_shapes(
-        pipeline.format_for_layout("decoder", True, vocabulary), lengths, 2)
+    shapes = pipeline.converters.batch_shapes(ModelFormat(architecture="decoder"), lengths, 2)
     natural = []
     for shard, expected in zip((0, 1), expected_tokens):
         # Alone, a finite dataset yields all its rows (the last batch padded with empty rows).
@@ -288,13 +290,10 @@ def test_eval_num_batches_is_the_same_on_every_shard(data_dir, vocabulary):
 
 
 def test_model_format_decides_the_features(data_dir, vocabulary):
-    from t5x_lite.models.model_format import ModelFormat
-
     config = pipeline.DatasetConfig(data_dir=data_dir)
     fmt = ModelFormat(eos_id=vocabulary.eos_id, bos_id=5, architecture="decoder")
     batch = take(pipeline.make_dataset(config, vocabulary, feature_lengths={"targets": 32},
-                                       batch_size=2, layout="encoder_decoder",
-                                       model_format=fmt)[0], 1)[0]
+                                       batch_size=2, model_format=fmt)[0], 1)[0]
     assert "encoder_input_tokens" not in batch and "decoder_causal_attention" not in batch
     assert (batch["decoder_input_tokens"][:, 0] == 5).all()  # rows start with its BOS
     with pytest.raises(ValueError, match="eos_id"):

@@ -170,13 +170,6 @@ def concat_then_split(tokens: grain.IterDataset, length: int, max_tokens_per_doc
     return chunks.map(lambda row: row["targets"][row["targets_segment_ids"] > 0])
 
 
-def format_for_layout(layout: str, bidirectional_inputs: bool,
-                      vocabulary: vocab_lib.Vocabulary) -> ModelFormat:
-    """The format a caller that passes only a layout means (T5's special ids)."""
-    return ModelFormat(eos_id=vocabulary.eos_id, architecture=layout,
-                       inputs_attention="bidirectional" if bidirectional_inputs else "causal")
-
-
 class PadToBatches(grain.IterDataset):
     """A finite dataset's batches; with `num_batches`, exactly that many: the parent's, then
     copies of `padding` (an empty batch) once it runs out, so every shard runs the same
@@ -232,9 +225,7 @@ def make_dataset(
     feature_lengths: Mapping[str, int],
     batch_size: int,
     objective: Objective = objectives.CausalLM(),
-    layout: str = "decoder",
-    bidirectional_inputs: bool = True,
-    model_format: ModelFormat | None = None,
+    model_format: ModelFormat = ModelFormat(architecture="decoder"),
     seed: int = 0,
     shuffle: bool = True,
     repeat: bool = True,
@@ -247,14 +238,14 @@ def make_dataset(
     """This data shard's `batch_size // shard_count` packed rows per step, as an IterDataset.
 
     `shard_index` / `shard_count` are the mesh's batch shard of this process and the number
-    of batch shards (default: one shard per process). `model_format` (the model's) wins
-    over `layout` / `bidirectional_inputs`, which only serve callers without a model.
+    of batch shards (default: one shard per process). `model_format` is the model's
+    (`model_format.of(model)`): it decides the features, the start id and the EOS.
 
     Finite data (`repeat=False`) keeps its last partial batch, padded with empty rows, and
     comes as a `PadToBatches`; `num_batches=N` (or `exactly(dataset, N)`) makes it exactly N
     batches, padded with empty batches when this shard's data runs out (module docstring).
     """
-    fmt = model_format or format_for_layout(layout, bidirectional_inputs, vocabulary)
+    fmt = model_format
     check_vocabulary(fmt, vocabulary)
     layout = fmt.architecture
     converters.check_layout(layout, feature_lengths)

@@ -54,7 +54,7 @@ def family_for(hf_config: Mapping[str, Any]):
 def _family_for_module(module: nn.Module, base: Mapping[str, Any] | None):
     if base is not None:
         return family_for(base)
-    if isinstance(module, encoder_decoder.EncoderDecoder):
+    if model_format.of(module).encoder_decoder:
         return hf_t5
     cfg = module.config
     return hf_gpt2 if cfg.position_embedding == "learned" else hf_llama
