@@ -107,22 +107,16 @@ def _prompts(fmt: model_format.ModelFormat, prompts, encoder_inputs):
 
 
 def _check_requests(module, fmt, prompts, encoder_inputs, max_new_tokens: int) -> None:
-    """One-line errors for requests the model cannot read (see model_format.check_row)."""
+    """One-line errors for requests the model cannot read (see model_format.check_prompt)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if fmt.encoder_decoder:
-        if encoder_inputs is None:
-            raise ValueError("an encoder-decoder model decodes from encoder_inputs")
-        for index, row in enumerate(encoder_inputs):
-            if not len(row):
-                raise ValueError(f"encoder input {index} is empty")
-            model_format.check_row(module, row, f"encoder input {index}")
-        return
-    if prompts is None:
-        raise ValueError("a decoder-only model decodes from prompts")
-    for index, prompt in enumerate(prompts):
-        model_format.check_row(module, prompt, f"prompt {index}",
-                               length=1 + len(prompt) + max_new_tokens)
+    rows = encoder_inputs if fmt.encoder_decoder else prompts
+    if rows is None:
+        raise ValueError("an encoder-decoder model decodes from encoder_inputs, a decoder-only "
+                         "model from prompts")
+    name = "encoder input" if fmt.encoder_decoder else "prompt"
+    for index, row in enumerate(rows):
+        model_format.check_prompt(module, row, max_new_tokens, f"{name} {index}")
 
 
 # --------------------------------------------------------------------------- search loops

@@ -125,12 +125,8 @@ def score(
     if not examples:
         return []
     for index, example in enumerate(examples):
-        inputs, targets = list(example.get("inputs", ())), list(example["targets"])
-        if fmt.encoder_decoder:
-            model_format.check_row(module, inputs, f"example {index} inputs")
-            model_format.check_row(module, targets, f"example {index} targets")
-        else:
-            model_format.check_row(module, inputs + targets, f"example {index}")
+        model_format.check_example(module, example.get("inputs", ()), example["targets"],
+                                   f"example {index}")
     rows = [_row(e, fmt, inputs_length, targets_length) for e in examples]
     context, sharding, out_sharding = None, None, None
     if mesh is not None:

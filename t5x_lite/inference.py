@@ -70,9 +70,9 @@ def _mesh(mesh_shape):
     """The mesh the job runs on: MESH_SHAPE if given; by default one device in a single
     process (decoding a handful of rows gains nothing from splitting them) and every device,
     data-parallel, when the job spans processes (each must hold a part of the mesh)."""
-    if mesh_shape is None:
-        mesh_shape = (1, 1, 1) if jax.process_count() == 1 else (-1, 1, 1)
-    return partitioning.make_mesh(mesh_shape)
+    if mesh_shape is None and jax.process_count() == 1:
+        return partitioning.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    return partitioning.make_mesh((-1, 1, 1) if mesh_shape is None else mesh_shape)
 
 
 def _token_ids(record: dict, key: str, vocabulary, where: str) -> list[int]:
@@ -106,6 +106,9 @@ def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
                for i, r in enumerate(records)]
     if fmt.encoder_decoder:  # encoder inputs end with EOS, as span corruption's do
         prompts = [p + [fmt.eos_id] for p in prompts]
+    for index, prompt in enumerate(prompts):
+        model_format.check_prompt(model, prompt, max_new_tokens,
+                                  f"{input_path} record {index + 1}")
     # Into decoding's layout once, not per batch (the trained layout is not kept).
     params = decoding.prepare_params(model, load(model, model_dir) if params is None else params)
     mesh = _mesh(mesh_shape)
@@ -148,6 +151,8 @@ def score(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
         examples.append({"inputs": _token_ids(record, "inputs", vocabulary, where),
                          "targets": _token_ids(record, "targets", vocabulary, where)
                          + [fmt.eos_id]})
+        model_format.check_example(model, examples[-1]["inputs"], examples[-1]["targets"],
+                                   where)
     params = load(model, model_dir) if params is None else params
     scores = _score_examples(model, params, examples, batch_size, mesh_shape, logical_axis_rules)
     results = [dict(r, **s) for r, s in zip(records, scores)]

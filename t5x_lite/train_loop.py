@@ -32,6 +32,7 @@ from etils import epath
 from t5x_lite import checkpoints, metrics as metrics_lib, partitioning, paths
 from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import objectives, pipeline
+from t5x_lite.errors import InputError
 from t5x_lite.models import model_format
 from t5x_lite.trainer import Trainer, summarize_eval
 
@@ -214,8 +215,8 @@ def train(
     )
     divisor = partitioning.batch_divisor(mesh, trainer.rules)
     if batch_size % divisor:
-        raise ValueError(f"batch_size={batch_size} must be a multiple of the {divisor} "
-                         f"batch shards of mesh {dict(mesh.shape)}")
+        raise InputError(f"batch_size={batch_size} (BATCH_SIZE) must be a multiple of the "
+                         f"{divisor} batch shards of mesh {dict(mesh.shape)} (MESH_SHAPE)")
     pieces, num_pieces = partitioning.batch_pieces(mesh, trainer.rules, data_shards)
 
     def dataset(config, *, training):
@@ -279,13 +280,13 @@ def _check_model_reads(model, vocabulary, feature_lengths) -> None:
     embedding table, rows past a learned position table."""
     model_vocab = model.config.vocab_size
     if model_vocab < vocabulary.vocab_size:
-        raise ValueError(f"vocab_size={model_vocab} of the model is smaller than the "
+        raise InputError(f"vocab_size={model_vocab} of the model is smaller than the "
                          f"vocabulary's {vocabulary.vocab_size} ids (pieces + extra ids)")
     limit = model_format.max_positions(model)
     longest = max(feature_lengths.values())
     if limit is not None and longest > limit:
-        raise ValueError(f"feature length {longest} exceeds the model's learned position "
-                         f"table (max_length={limit})")
+        raise InputError(f"feature length {longest} (TASK_FEATURE_LENGTHS) exceeds the "
+                         f"model's learned position table (max_length={limit})")
 
 
 def evaluate(trainer: Trainer, params, eval_dataset) -> dict[str, float]:

@@ -92,17 +92,21 @@ def test_prefill_and_steps_give_the_full_forward_logits(make):
         encoder_inputs = PROMPTS
         prompt, lengths = np.zeros((batch, 1), np.int32), np.ones(batch, np.int32)
         sequences = np.concatenate([prompt, FORCED], axis=1)
+        encoder_lengths = LENGTHS  # segments from lengths, not ids: 0 may be a real token
         full = module.apply({"params": params}, encoder_inputs, sequences,
-                            encoder_segment_ids=(encoder_inputs > 0).astype(np.int32))
+                            encoder_segment_ids=(np.arange(PROMPTS.shape[1])[None]
+                                                 < LENGTHS[:, None]).astype(np.int32))
     else:
-        encoder_inputs, prompt, lengths = None, PROMPTS, LENGTHS
+        encoder_inputs, encoder_lengths, prompt, lengths = None, None, PROMPTS, LENGTHS
         sequences = np.zeros((batch, PROMPTS.shape[1] + 3), np.int32)
         for row, (p, n) in enumerate(zip(PROMPTS, LENGTHS)):
             sequences[row, : n + 3] = np.concatenate([p[:n], FORCED[row]])
         full = module.apply({"params": params}, sequences)
     cache = runner.init_cache(batch, None if encoder_inputs is None else PROMPTS.shape[1])
     logits, cache, extra = runner.prefill(prepared, cache, jnp.asarray(prompt),
-                                          jnp.asarray(lengths), encoder_inputs)
+                                          jnp.asarray(lengths), encoder_inputs,
+                                          None if encoder_lengths is None
+                                          else jnp.asarray(encoder_lengths))
     rows = np.arange(batch)
     np.testing.assert_allclose(logits, full[rows, lengths - 1], rtol=1e-4, atol=1e-4)
     for step in range(3):

@@ -7,8 +7,9 @@ import sys
 import pytest
 
 
-def cli(*args, cwd):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+def cli(*args, cwd, devices=1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.run([sys.executable, "-m", "t5x_lite.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -93,17 +94,18 @@ def test_malformed_line_is_named_and_nothing_is_written(trained):
      "ids.jsonl record 1: token id 9999 is outside the model's vocabulary (vocab_size=8320)"),
     ("infer", ["--input=empty.jsonl", "--output=never.jsonl"], "empty.jsonl: no records"),
     ("train", ["--gin.BATCH_SIZE=3", "--gin.MESH_SHAPE=(2, 1, 1)"],
-     "batch_size=3 must be a multiple of the 2 batch shards"),
+     "batch_size=3 (BATCH_SIZE) must be a multiple of the 2 batch shards"),
     ("train", ["--gin.decoder.DecoderConfig.position_embedding='learned'",
                "--gin.decoder.DecoderConfig.max_length=16"],
-     "feature length 32 exceeds the model's learned position table (max_length=16)"),
+     "feature length 32 (TASK_FEATURE_LENGTHS) exceeds the model's learned position table "
+     "(max_length=16)"),
 ])
 def test_bad_input_is_one_line_and_exit_2(trained, command, flags, message):
     (trained / "ids.jsonl").write_text(json.dumps({"inputs": [5], "targets": [9999]}) + "\n")
     (trained / "empty.jsonl").write_text("\n")
-    result = cli(command, "--gin_file=tiny.gin", "--gin.MODEL_DIR='bad_run'", *flags,
-                 cwd=trained) if command == "train" else cli(
-        command, "--gin_file=tiny.gin", *flags, cwd=trained)
+    if command == "train":
+        flags = ["--gin.MODEL_DIR='bad_run'", *flags]
+    result = cli(command, "--gin_file=tiny.gin", *flags, cwd=trained, devices=2)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines

@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,13 +85,16 @@ def test_rows_start_with_the_formats_start_id_and_weigh_every_target():
 
 def test_decoding_requests_the_model_cannot_read_are_one_line_input_errors():
     module = tiny_decoder(position_embedding="learned", max_length=8)
-    params = jax.jit(module.init)(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]
+    params = nn.unbox(jax.jit(module.init)(jax.random.key(0),
+                                           jnp.ones((1, 4), jnp.int32))["params"])
     with pytest.raises(InputError, match="max_new_tokens must be a positive integer, got 0"):
         decoding.decode(module, params, [[3]], max_new_tokens=0)
     with pytest.raises(InputError, match="prompt 1: token id 70 is outside"):
         decoding.decode(module, params, [[3], [70]], max_new_tokens=2)
+    # [start, 3, 4, 5] + 5 new tokens, of which the model reads 4: 8 positions fit, 9 do not.
+    decoding.decode(module, params, [[3, 4, 5]], max_new_tokens=5)
     with pytest.raises(InputError, match=r"prompt 0: 9 positions exceed .*max_length=8"):
-        decoding.decode(module, params, [[3, 4, 5]], max_new_tokens=5)
+        decoding.decode(module, params, [[3, 4, 5]], max_new_tokens=6)
 
 
 # ------------------------------------------------------------- a LLaMA-style model, end to end

@@ -73,9 +73,11 @@ def merge_at_sentinels(inputs, targets, vocab_size=VOCAB_SIZE):
 
 def expected_counts(length, density, mean_span):
     """T5's counts: round(length·density) noise tokens kept in [1, length-1], and
-    max(round(noise / mean), 1) noise spans."""
-    noise = min(max(int(round(length * density)), 1), length - 1)
-    return noise, max(int(round(noise / mean_span)), 1)
+    max(round(noise / mean), 1) noise spans, in float32 as T5's TensorFlow code computes
+    them (tf.cast to float32, tf.round: half to even)."""
+    f32 = np.float32
+    noise = min(max(int(np.round(f32(length) * f32(density))), 1), length - 1)
+    return noise, max(int(np.round(f32(noise) / f32(mean_span))), 1)
 
 
 # ------------------------------------------------------------------------ random_spans_helper

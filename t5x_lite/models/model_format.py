@@ -123,3 +123,26 @@ def check_row(model, token_ids, where: str, length: int | None = None) -> None:
     if limit is not None and length > limit:
         raise InputError(f"{where}: {length} positions exceed the model's learned position "
                          f"table (max_length={limit})")
+
+
+def check_example(model, inputs, targets, where: str) -> None:
+    """`check_row` for a scored example, as the model reads it: a decoder-only model reads
+    [start] + inputs + targets minus the last target, as many positions as there are ids; an
+    encoder-decoder reads the inputs and [start] + targets minus the last."""
+    inputs, targets = list(inputs), list(targets)
+    if of(model).encoder_decoder:
+        check_row(model, inputs, f"{where} inputs")
+        check_row(model, targets, f"{where} targets")
+    else:
+        check_row(model, inputs + targets, where)
+
+
+def check_prompt(model, prompt, max_new_tokens: int, where: str) -> None:
+    """`check_row` for a decoding request: a decoder-only model reads [start] + prompt and
+    then all new tokens but the last; an encoder-decoder's encoder reads the prompt."""
+    if of(model).encoder_decoder:
+        if not len(prompt):
+            raise InputError(f"{where}: an encoder input needs at least one token")
+        check_row(model, prompt, where)
+    else:
+        check_row(model, prompt, where, length=len(prompt) + max_new_tokens)
