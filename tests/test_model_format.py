@@ -151,3 +151,20 @@ def test_a_llama_style_model_trains_scores_and_decodes(tmp_path, data_dir, llama
     out = decoding.decode(module, params, [text], max_new_tokens=6)
     assert out["tokens"].shape == (1, 1, 6)
     assert (out["tokens"] < 512).all()
+
+
+def test_a_prefix_lm_decodes_with_a_bidirectional_prompt():
+    """Cached decoding of a prefix-LM format equals full recomputation with the prompt read
+    both ways (as training read its inputs), and differs from reading it causally."""
+    causal = tiny_decoder()
+    params = nn.unbox(jax.jit(causal.init)(jax.random.key(3),
+                                           jnp.ones((1, 4), jnp.int32))["params"])
+    prefix_lm = tiny_decoder(model_format.ModelFormat(inputs_attention="bidirectional"))
+    prompts = [[5, 9, 13, 21, 8], [40, 41], [7, 3, 3, 9]]
+    for module in (causal, prefix_lm):
+        cached = decoding.decode(module, params, prompts, max_new_tokens=6)["tokens"][:, 0]
+        np.testing.assert_array_equal(
+            cached, decoding.decode_uncached(module, params, prompts, max_new_tokens=6))
+    first = [decoding.decode(m, params, prompts, max_new_tokens=1,
+                             strategy=decoding.Strategy())["scores"] for m in (causal, prefix_lm)]
+    assert np.abs(first[0] - first[1]).max() > 1e-3  # the prompt really is read both ways
