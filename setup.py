@@ -38,6 +38,7 @@ GCS_REQUIRES = [
 TPU_REQUIRES = ["jax[tpu]>=0.10.2,<0.11", *GCS_REQUIRES]
 
 TEST_REQUIRES = [
+    *GCS_REQUIRES,  # tests/test_paths.py: an unreachable gs:// bucket through the real gcsfs
     "pytest>=9.2,<10",
     "pytest-xdist>=3.8,<4",
     "hypothesis>=6.170,<7",
