@@ -173,6 +173,8 @@ class Checkpointer:
                     step_dir / "data", args=grain.checkpoint.CheckpointRestore(data_iterator))
             return _OK, "", state
         except Exception as error:  # noqa: BLE001 - classified: only proof of damage is kept
+            # The traceback, for --verbose: the verdict below keeps one line of it.
+            logger.info("restoring step %d of %s failed", step, self.directory, exc_info=True)
             if _is_damage(error):
                 return _DAMAGED, f"{step_dir}: {_describe(error)}", None
             return _FAILED, (f"checkpoint step {step} in {self.directory} could not be restored "

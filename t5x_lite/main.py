@@ -192,11 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(gin_config) -> int:
     from t5x_lite import config as config_lib, train_loop
 
-    import jax
-
     model_dir = config_lib.macro_value("MODEL_DIR")
-    # Only process 0 writes shared files.
-    writes_config = isinstance(model_dir, str) and jax.process_index() == 0
+    writes_config = isinstance(model_dir, str)  # process 0 writes it (write_operative_config)
     if writes_config:
         config_lib.write_operative_config(model_dir, "config.gin")  # the full config, up front
     # gin builds the vocabulary (minutes on first use) before `train` runs: check first.

@@ -137,8 +137,11 @@ class MetricsWriter:
     """Appends one JSON object per line to metrics.jsonl and mirrors scalars to TensorBoard.
 
     On local disk each record is appended. An object store cannot append, so on gs:// the file
-    is rewritten whole (one atomic upload) after each record, starting from what a resumed run
-    had already written."""
+    is rewritten whole (one atomic upload, starting from what a resumed run had already
+    written) at most every `upload_every_s` seconds and on `close`: uploading it after every
+    record would send the whole growing file each time, quadratic over a long run."""
+
+    upload_every_s = 60.0
 
     def __init__(self, model_dir: str, enabled: bool = True):
         self.enabled = enabled
@@ -146,6 +149,7 @@ class MetricsWriter:
         self.path = directory / "metrics.jsonl"
         self._tb = None
         self._lines: list[str] | None = None  # the whole file, where it cannot be appended to
+        self._uploaded_at, self._pending = time.monotonic(), False
         if enabled:
             paths.ensure_dir(directory)
             if not paths.is_local(directory):
@@ -168,13 +172,21 @@ class MetricsWriter:
                 f.flush()
         else:
             self._lines.append(line)
-            paths.atomic_write_text(self.path, "".join(self._lines))
+            self._pending = True
+            if time.monotonic() - self._uploaded_at >= self.upload_every_s:
+                self._upload()
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, step)
         self._tb.flush()
 
+    def _upload(self) -> None:
+        paths.atomic_write_text(self.path, "".join(self._lines))
+        self._uploaded_at, self._pending = time.monotonic(), False
+
     def close(self) -> None:
+        if self._pending:
+            self._upload()
         if self._tb is not None:
             self._tb.close()
 

@@ -184,3 +184,31 @@ def test_plot_losses_without_losses_writes_nothing(tmp_path):
     metrics.MetricsWriter(str(tmp_path)).close()
     assert metrics.plot_losses(str(tmp_path)) is None
     assert not (tmp_path / "loss.png").exists()
+
+
+def test_an_object_store_gets_the_metrics_file_in_few_uploads(tmp_path, monkeypatch):
+    """Where files cannot be appended to (gs://), the whole file is uploaded at most every
+    `upload_every_s` and on close, not after every record."""
+    uploads = []
+
+    def upload(path, text):
+        uploads.append(text)
+        path.write_text(text)
+
+    monkeypatch.setattr(metrics.paths, "is_local", lambda path: False)  # a "bucket" here
+    monkeypatch.setattr(metrics.paths, "check_reachable", lambda path: None)
+    monkeypatch.setattr(metrics.paths, "atomic_write_text", upload)
+    writer = metrics.MetricsWriter(str(tmp_path))
+    writer.upload_every_s = float("inf")
+    for step in (1, 2, 3):
+        writer.write(step, {"train/loss": 1.0 / step})
+    assert uploads == []
+    writer.close()
+    assert len(uploads) == 1 and [r["step"] for r in metrics.read_metrics(str(tmp_path))] == [
+        1, 2, 3]
+    resumed = metrics.MetricsWriter(str(tmp_path))  # a resumed run keeps what was written
+    resumed.upload_every_s = 0.0
+    resumed.write(4, {"train/loss": 0.2})
+    assert len(uploads) == 2 and uploads[-1].count("\n") == 4
+    resumed.close()
+    assert len(uploads) == 2  # nothing left to upload

@@ -181,10 +181,6 @@ class PadToBatches(grain.IterDataset):
             raise ValueError(f"num_batches must be positive, got {num_batches}")
         self.num_batches, self.padding = num_batches, padding
 
-    @property
-    def parent(self) -> grain.IterDataset:
-        return self._parent
-
     def __iter__(self):
         return _PadToBatchesIterator(self._parent.__iter__(), self.num_batches, self.padding)
 
@@ -242,8 +238,8 @@ def make_dataset(
     (`model_format.of(model)`): it decides the features, the start id and the EOS.
 
     Finite data (`repeat=False`) keeps its last partial batch, padded with empty rows, and
-    comes as a `PadToBatches`; `num_batches=N` (or `exactly(dataset, N)`) makes it exactly N
-    batches, padded with empty batches when this shard's data runs out (module docstring).
+    comes as a `PadToBatches`; `num_batches=N` makes it exactly N batches, padded with empty
+    batches when this shard's data runs out (module docstring).
     """
     fmt = model_format
     check_vocabulary(fmt, vocabulary)
@@ -325,15 +321,6 @@ def make_sharded_dataset(config: DatasetConfig, vocabulary: vocab_lib.Vocabulary
 
 def _concatenate_rows(batches) -> dict[str, np.ndarray]:
     return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
-
-
-def exactly(dataset: grain.IterDataset, num_batches: int) -> grain.IterDataset:
-    """`num_batches` batches of a finite `make_dataset` output on every shard: its own, then
-    empty ones (all-zero segment ids and loss weights) once it runs out; or the first
-    `num_batches` of an endless one."""
-    if isinstance(dataset, PadToBatches):
-        return PadToBatches(dataset.parent, num_batches, dataset.padding)
-    return grain.experimental.LimitIterDataset(dataset, num_batches)
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding,

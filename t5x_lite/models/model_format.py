@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from t5x_lite.errors import InputError
 
 ARCHITECTURES = ("decoder", "encoder_decoder")
@@ -114,10 +116,11 @@ def check_row(model, token_ids, where: str, length: int | None = None) -> None:
     """One-line errors for ids outside the embedding table and rows longer than a learned
     position table: inside XLA either would read out of bounds and give NaNs, not an error."""
     vocab_size = model.config.vocab_size
-    for token in token_ids:
-        if not 0 <= int(token) < vocab_size:
-            raise InputError(f"{where}: token id {int(token)} is outside the model's vocabulary "
-                             f"(vocab_size={vocab_size})")
+    ids = np.asarray(token_ids, np.int64).reshape(-1)
+    outside = ids[(ids < 0) | (ids >= vocab_size)]
+    if outside.size:
+        raise InputError(f"{where}: token id {int(outside[0])} is outside the model's "
+                         f"vocabulary (vocab_size={vocab_size})")
     limit = max_positions(model)
     length = len(token_ids) if length is None else length
     if limit is not None and length > limit:
