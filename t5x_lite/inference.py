@@ -66,7 +66,7 @@ def load(model, model_dir: str):
     return params
 
 
-def _mesh(mesh_shape):
+def job_mesh(mesh_shape):
     """The mesh the job runs on: MESH_SHAPE if given; by default one device in a single
     process (decoding a handful of rows gains nothing from splitting them) and every device,
     data-parallel, when the job spans processes (each must hold a part of the mesh)."""
@@ -111,7 +111,7 @@ def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
                                   f"{input_path} record {index + 1}")
     # Into decoding's layout once, not per batch (the trained layout is not kept).
     params = decoding.prepare_params(model, load(model, model_dir) if params is None else params)
-    mesh = _mesh(mesh_shape)
+    mesh = job_mesh(mesh_shape)
     results = []
     for start in range(0, len(records), batch_size):
         chunk, rows = records[start : start + batch_size], prompts[start : start + batch_size]
@@ -164,7 +164,7 @@ def score(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
 def _score_examples(model, params, examples, batch_size, mesh_shape, rules):
     longest_inputs = max(max(len(e["inputs"]) for e in examples), 1)
     longest_targets = max(len(e["targets"]) for e in examples)
-    mesh = _mesh(mesh_shape)
+    mesh = job_mesh(mesh_shape)
     divisor = partitioning.batch_divisor(mesh, rules)
     return evaluation.score(model, params, examples,
                             batch_size=-(-batch_size // divisor) * divisor,
@@ -187,7 +187,7 @@ def evaluate(*, model, vocabulary, model_dir: str, eval_data: pipeline.DatasetCo
     params = load(model, model_dir)
     results: dict[str, Any] = {}
     if eval_data is not None:
-        mesh = _mesh(mesh_shape)
+        mesh = job_mesh(mesh_shape)
         fmt = model_format.of(model)
         schedule = optimizers.constant(0.0)
         trainer = Trainer(model, optimizers.adamw(schedule), schedule, mesh, logical_axis_rules,

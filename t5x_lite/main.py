@@ -40,6 +40,16 @@ WIRING = {
         "inference.evaluate.objective = %OBJECTIVE",
         "inference.evaluate.data_shards = %DATA_SHARDS"]),
 }
+# `eval --tasks/--cluster/--mixture`: instruction tasks per template (task_evaluation.py).
+TASK_EVAL_WIRING = """from __gin__ import dynamic_registration
+import t5x_lite.task_evaluation as task_evaluation
+task_evaluation.run.model = %MODEL
+task_evaluation.run.vocabulary = %VOCABULARY
+task_evaluation.run.model_dir = %MODEL_DIR"""
+# `mixture` prints the instruction-tuning data the files bind to INSTRUCTION_DATA.
+MIXTURE_WIRING = """from __gin__ import dynamic_registration
+import t5x_lite.data.tasks.listing as listing
+listing.mixture_lines.data = %INSTRUCTION_DATA"""
 # Commands that run on the devices of a (possibly multi-process) job.
 DISTRIBUTED_COMMANDS = ("train", "infer", "score", "eval")
 # `params` counts whatever model the files bind to the MODEL macro.
@@ -70,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                    "one (--to_hf OUT_DIR --from MODEL_DIR)",
         "infer": "generate for each {\"inputs\": ...} line of --input into --output (JSONL)",
         "score": "log-likelihood of each line's targets given its inputs (JSONL in and out)",
-        "eval": "loss/perplexity/accuracy on EVAL_DATA; exact match, BLEU, ROUGE with --input",
+        "eval": "loss/perplexity/accuracy on EVAL_DATA; exact match, BLEU, ROUGE with --input;"
+                " instruction tasks per template with --tasks, --cluster or --mixture",
+        "tasks": "list the registered instruction tasks, clusters and mixtures",
+        "mixture": "print each task of the INSTRUCTION_DATA mixture: examples, rate, share",
     }
     for name, help_text in commands.items():
         command = sub.add_parser(name, help=help_text)
@@ -89,7 +102,27 @@ def _parser() -> argparse.ArgumentParser:
                                  help="JSONL input file")
             command.add_argument("--output", required=name != "eval",
                                  help="JSONL output file (written atomically)")
+        if name == "eval":
+            _task_eval_arguments(command)
+        if name == "tasks":
+            command.add_argument("--cluster", help="only this cluster's tasks")
+            command.add_argument("--data_dir", help="where FLAN's TFDS datasets are prepared "
+                                 "(to count their examples)")
+            command.add_argument("--no_counts", action="store_true",
+                                 help="skip counting examples (no data is read or built)")
     return parser
+
+
+def _task_eval_arguments(command: argparse.ArgumentParser) -> None:
+    group = command.add_argument_group(
+        "instruction tasks", "evaluate per task and template (t5x_lite/task_evaluation.py; "
+        "more settings as --gin.task_evaluation.run.NAME=VALUE)")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument("--tasks", help="comma-separated task names")
+    which.add_argument("--cluster", help="every task of this cluster")
+    which.add_argument("--mixture", help="every task of this registered mixture")
+    group.add_argument("--output_dir", help="results.json / results.md (default "
+                       "MODEL_DIR/task_eval)")
 
 
 def _distributed_arguments(command: argparse.ArgumentParser) -> None:
@@ -163,12 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         search_paths = [p for p in args.gin_search_paths.split(",") if p]
         if args.command == "convert":
             return _convert(args, bindings, search_paths)
-        extra = [WIRING.get(args.command, PARAMS_WIRING)] if args.command != "train" else []
+        if args.command == "tasks":
+            return _tasks(args)
+        extra = [_wiring(args)] if args.command != "train" else []
         gin_config = config_lib.GinConfig(args.gin_file, extra + bindings, search_paths)
         if args.command == "train":
             return _train(gin_config)
         if args.command == "params":
             return _params(gin_config)
+        if args.command == "mixture":
+            return _mixture(gin_config)
+        if args.command == "eval" and _evaluates_tasks(args):
+            return _task_eval(args, gin_config)
         return _inference(args, gin_config)
     except (config_lib.ConfigError,) as error:
         if args.verbose:
@@ -186,6 +225,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"t5x-lite: error: {type(error).__name__}: {error}".splitlines()[0],
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _evaluates_tasks(args) -> bool:
+    return any(getattr(args, name, None) for name in ("tasks", "cluster", "mixture"))
+
+
+def _wiring(args) -> str:
+    if args.command == "eval" and _evaluates_tasks(args):
+        return TASK_EVAL_WIRING
+    if args.command == "mixture":
+        return MIXTURE_WIRING
+    return WIRING.get(args.command, PARAMS_WIRING)
+
+
+def _tasks(args) -> int:
+    from t5x_lite.data.tasks import listing
+
+    print("\n".join(listing.task_lines(args.data_dir, args.cluster, not args.no_counts)))
+    return 0
+
+
+def _mixture(gin_config) -> int:
+    from t5x_lite import config as config_lib
+    from t5x_lite.data.tasks import listing
+
+    print("\n".join(config_lib.call(gin_config, listing.mixture_lines)))
+    return 0
+
+
+def _task_eval(args, gin_config) -> int:
+    from t5x_lite import config as config_lib, task_evaluation
+
+    results = config_lib.call(gin_config, task_evaluation.run, tasks=args.tasks,
+                              cluster=args.cluster, mixture=args.mixture,
+                              output_dir=args.output_dir)
+    print(task_evaluation.markdown_table(results))
     return 0
 
 

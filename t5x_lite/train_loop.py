@@ -198,8 +198,10 @@ def train(
     `data_shards` (DATA_SHARDS) is how many independent record streams make up each global
     batch (partitioning.batch_pieces): fixed, the run's data is the same on any mesh and any
     number of hosts; None, one per host's batch shard.
-    `init_from`, a params-only checkpoint (e.g. from `t5x-lite convert`), gives a new run its
-    initial parameters; it is ignored once `model_dir` has a checkpoint to resume from.
+    `init_from`, a params-only checkpoint (e.g. from `t5x-lite convert`) or a model directory
+    (`initial_params`), gives a new run its initial parameters; it is ignored once
+    `model_dir` has a checkpoint to resume from. `train_data` may also be an instruction
+    mixture (`instruction_pipeline.InstructionData`): the objective is then unused.
     """
     check_arguments(train_steps=train_steps, batch_size=batch_size,
                     feature_lengths=feature_lengths, log_every=log_every,
@@ -234,8 +236,8 @@ def train(
     def init():
         state = trainer.create_state(seed)
         if init_from:
-            state = state.replace(params=checkpoints.restore_params(
-                init_from, trainer.abstract_state_with_shardings().params))
+            state = state.replace(params=initial_params(
+                init_from, model, trainer.abstract_state_with_shardings().params))
             say(f"initialised parameters from {init_from}")
         return state
 
@@ -251,6 +253,20 @@ def train(
         state, start_step, trainer.train_step,
         lambda: pipeline.global_batch(next(train_iter), trainer.batch_sharding, batch_size),
         train_iter, evaluate=evaluate_now if eval_data is not None else None, perf=perf)
+
+
+def initial_params(init_from: str, model: nn.Module, abstract_params):
+    """Parameters a new run starts from: a params-only checkpoint (`convert`'s `params/`), or
+    a model directory (a pretraining run's newest checkpoint, or an import), placed with the
+    shardings `abstract_params` carry. Fine-tuning (instruction tuning, reward models)
+    starts from pretrained weights this way."""
+    directory = paths.as_path(init_from)
+    if not any((directory / name).is_dir() for name in ("checkpoints", "params")):
+        return checkpoints.restore_params(init_from, abstract_params)
+    from t5x_lite.interop import convert  # knows both layouts of a model directory
+
+    _, params = convert.load_model(init_from, model)
+    return partitioning.put_global(params, jax.tree.map(lambda a: a.sharding, abstract_params))
 
 
 def _perf_figures(trainer, model, feature_lengths, batch_size, peak_flops_per_device, stats,

@@ -87,7 +87,7 @@ class RecordStats:
     """Thread-safe counters of what the pipeline dropped or altered (reported as metrics)."""
 
     KEYS = ("records", "skipped_empty", "skipped_non_utf8", "skipped_malformed", "split_long",
-            "truncated")
+            "truncated", "skipped_by_preprocessor", "skipped_no_exemplar")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -245,13 +245,7 @@ def make_dataset(
     check_vocabulary(fmt, vocabulary)
     layout = fmt.architecture
     converters.check_layout(layout, feature_lengths)
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    shard_count = jax.process_count() if shard_count is None else shard_count
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
-    if batch_size % shard_count:
-        raise ValueError(f"batch size {batch_size} must be divisible by {shard_count} shards")
-    local_batch = batch_size // shard_count
+    shard_index, shard_count, local_batch = shard_layout(batch_size, shard_index, shard_count)
     stats = stats or RecordStats()
     objective = bind_vocabulary(objective, vocabulary)
     raw_length = objective.raw_length(feature_lengths)
@@ -281,23 +275,46 @@ def make_dataset(
         return packable
 
     iter_dataset = iter_dataset.random_map(apply_objective, seed=local_seed)
-    iter_dataset = grain.experimental.FirstFitPackIterDataset(
-        iter_dataset,
+    return pack_and_batch(iter_dataset, fmt, feature_lengths, local_batch, seed=local_seed,
+                          shuffle=shuffle, repeat=repeat, num_batches=num_batches), stats
+
+
+def shard_layout(batch_size: int, shard_index: int | None,
+                 shard_count: int | None) -> tuple[int, int, int]:
+    """(shard index, shard count, rows per shard) with the defaults filled in (one shard per
+    process) and checked."""
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
+    if batch_size % shard_count:
+        raise ValueError(f"batch size {batch_size} must be divisible by {shard_count} shards")
+    return shard_index, shard_count, batch_size // shard_count
+
+
+def pack_and_batch(examples: grain.IterDataset, fmt: ModelFormat,
+                   feature_lengths: Mapping[str, int], local_batch: int, *, seed: int,
+                   shuffle: bool, repeat: bool, num_batches: int | None) -> grain.IterDataset:
+    """Packable examples (`converters.to_packable`'s) → packed rows → the model's features →
+    batches of `local_batch` rows; finite data as a `PadToBatches` (see `make_dataset`)."""
+    layout = fmt.architecture
+    packed = grain.experimental.FirstFitPackIterDataset(
+        examples,
         length_struct=converters.packing_lengths(layout, feature_lengths),
         num_packing_bins=local_batch,
-        seed=local_seed,
+        seed=seed,
         shuffle_bins=shuffle,
     )
-    iter_dataset = iter_dataset.map(functools.partial(converters.convert, fmt=fmt))
+    rows = packed.map(functools.partial(converters.convert, fmt=fmt))
     if repeat:
-        iter_dataset = iter_dataset.batch(local_batch, drop_remainder=True)
-        return (iter_dataset if num_batches is None
-                else grain.experimental.LimitIterDataset(iter_dataset, num_batches)), stats
-    iter_dataset = iter_dataset.batch(local_batch, batch_fn=functools.partial(
+        batches = rows.batch(local_batch, drop_remainder=True)
+        return (batches if num_batches is None
+                else grain.experimental.LimitIterDataset(batches, num_batches))
+    batches = rows.batch(local_batch, batch_fn=functools.partial(
         grain.experimental.batch_and_pad, batch_size=local_batch))
     padding = {name: np.zeros(shape, dtype) for name, (shape, dtype)
                in converters.batch_shapes(fmt, feature_lengths, local_batch).items()}
-    return PadToBatches(iter_dataset, num_batches, padding), stats
+    return PadToBatches(batches, num_batches, padding)
 
 
 def make_sharded_dataset(config: DatasetConfig, vocabulary: vocab_lib.Vocabulary, *,
@@ -311,8 +328,10 @@ def make_sharded_dataset(config: DatasetConfig, vocabulary: vocab_lib.Vocabulary
     global batch is the same however many processes share the pieces: a 2-host run trains on
     exactly what a 1-host run on the same mesh does."""
     stats = stats or RecordStats()
-    parts = [make_dataset(config, vocabulary, batch_size=batch_size, shard_index=piece,
-                          shard_count=num_pieces, stats=stats, **kwargs)[0] for piece in pieces]
+    # A data config may build its own streams (instruction mixtures: `InstructionData`).
+    build = getattr(config, "make_dataset", None) or functools.partial(make_dataset, config)
+    parts = [build(vocabulary, batch_size=batch_size, shard_index=piece,
+                   shard_count=num_pieces, stats=stats, **kwargs)[0] for piece in pieces]
     if len(parts) == 1:
         return parts[0], stats
     zipped = grain.experimental.ZipIterDataset(parts)
