@@ -117,10 +117,9 @@ def _task_eval_arguments(command: argparse.ArgumentParser) -> None:
     group = command.add_argument_group(
         "instruction tasks", "evaluate per task and template (t5x_lite/task_evaluation.py; "
         "more settings as --gin.task_evaluation.run.NAME=VALUE)")
-    which = group.add_mutually_exclusive_group()
-    which.add_argument("--tasks", help="comma-separated task names")
-    which.add_argument("--cluster", help="every task of this cluster")
-    which.add_argument("--mixture", help="every task of this registered mixture")
+    group.add_argument("--tasks", help="comma-separated task names")
+    group.add_argument("--mixture", help="every task of this registered mixture")
+    group.add_argument("--cluster", help="every task of this cluster (of --mixture if given)")
     group.add_argument("--output_dir", help="results.json / results.md (default "
                        "MODEL_DIR/task_eval)")
 

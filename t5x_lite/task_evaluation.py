@@ -211,20 +211,24 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def task_names_for(tasks: Sequence[str] | str | None = None, cluster: str | None = None,
                    mixture: str | None = None) -> list[str]:
-    """The tasks an evaluation covers: named ones, a cluster's, or a mixture's."""
-    if sum(x is not None for x in (tasks, cluster, mixture)) != 1:
-        raise ValueError("name exactly one of tasks, a cluster or a mixture to evaluate")
+    """The tasks an evaluation covers: named ones, or a mixture's, or a cluster's (within the
+    mixture, when both are given)."""
     if tasks is not None:
+        if cluster is not None or mixture is not None:
+            raise ValueError("name tasks, or a cluster and/or a mixture, not both")
         names = [t for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t]
         return [task_lib.get(name).name for name in names]
-    if cluster is not None:
-        table = task_lib.clusters()
-        if cluster not in table:
-            raise ValueError(f"no cluster {cluster!r}; clusters: {sorted(table)}")
-        return table[cluster]
+    if cluster is None and mixture is None:
+        raise ValueError("name the tasks to evaluate: tasks, a cluster or a mixture")
     from t5x_lite.data.tasks import mixtures
 
-    return mixtures.get(mixture).task_names()
+    names = mixtures.get(mixture).task_names() if mixture is not None else task_lib.names()
+    if cluster is None:
+        return names
+    table = task_lib.clusters(names)
+    if cluster not in table:
+        raise ValueError(f"no task of cluster {cluster!r} here; clusters: {sorted(table)}")
+    return table[cluster]
 
 
 def run(*, model, vocabulary, model_dir: str, tasks=None, cluster: str | None = None,

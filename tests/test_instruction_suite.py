@@ -126,7 +126,7 @@ def test_task_definitions_meet_the_suite_design():
         assert len(suite_task.templates) >= 8, suite_task.name
         assert suite_task.eval_template_indices, suite_task.name
         assert (suite_task.metric == "rank_classification") == suite_task.is_classification
-        assert suite_task.source.describe().startswith("embedded:instruction_suite/")
+        assert suite_task.source.describe().startswith("embedded:")
     assert sum(1 for t in tasks if any(x.inverse for x in t.templates)) >= 10
 
 

