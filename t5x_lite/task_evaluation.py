@@ -26,6 +26,7 @@ from t5x_lite import decoding, evaluation, paths
 from t5x_lite.data import instruction_pipeline
 from t5x_lite.data.tasks import formats as formats_lib
 from t5x_lite.data.tasks import task as task_lib
+from t5x_lite.errors import InputError
 from t5x_lite.models import model_format
 
 METRIC_NAMES = {"rank_classification": "accuracy", "exact_match": "exact_match", "f1": "f1",
@@ -215,11 +216,11 @@ def task_names_for(tasks: Sequence[str] | str | None = None, cluster: str | None
     mixture, when both are given)."""
     if tasks is not None:
         if cluster is not None or mixture is not None:
-            raise ValueError("name tasks, or a cluster and/or a mixture, not both")
+            raise InputError("name tasks, or a cluster and/or a mixture, not both")
         names = [t for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t]
         return [task_lib.get(name).name for name in names]
     if cluster is None and mixture is None:
-        raise ValueError("name the tasks to evaluate: tasks, a cluster or a mixture")
+        raise InputError("name the tasks to evaluate: tasks, a cluster or a mixture")
     from t5x_lite.data.tasks import mixtures
 
     names = mixtures.get(mixture).task_names() if mixture is not None else task_lib.names()
@@ -227,7 +228,7 @@ def task_names_for(tasks: Sequence[str] | str | None = None, cluster: str | None
         return names
     table = task_lib.clusters(names)
     if cluster not in table:
-        raise ValueError(f"no task of cluster {cluster!r} here; clusters: {sorted(table)}")
+        raise InputError(f"no task of cluster {cluster!r} here; clusters: {sorted(table)}")
     return table[cluster]
 
 
