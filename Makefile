@@ -38,6 +38,7 @@ flan: $(VENV)/.installed
 bench: $(VENV)/.installed-test
 	$(BIN)/python experiments/benchmarks/train_step.py
 	$(BIN)/python experiments/benchmarks/decode.py
+	$(BIN)/python experiments/benchmarks/instruction_pipeline.py
 
 clean:
 	rm -rf $(VENV) runs

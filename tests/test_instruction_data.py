@@ -301,3 +301,29 @@ def test_rank_classification_equals_slow_reference(parity_tasks, vocabulary, arc
     assert result["examples"] == {"dev": 3, "test": 3}
     assert set(result["templates"]) == {"0", "1"}  # the inverse template is not evaluated
     assert result["chance"] == pytest.approx(50.0)
+
+
+def test_data_shards_read_disjoint_records(parity_tasks, vocabulary):
+    data = ip.InstructionData(_mixture(parity_tasks[2:]), split="test")
+    seen = []
+    for shard in range(3):
+        examples = data.examples(vocabulary, vocabulary.eos_id, shuffle=False, repeat=False,
+                                 shard_index=shard, shard_count=3)
+        seen.append({(vocabulary.decode(e["inputs"][:-1]), vocabulary.decode(e["targets"][:-1]))
+                     for e in examples})
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+    # 30 test records (200000..200029); the preprocessor skips n % 7 == 3: 25 remain.
+    assert sum(map(len, seen)) == 25
+
+
+def test_task_scores_do_not_depend_on_the_mesh(parity_tasks, vocabulary):
+    from t5x_lite import partitioning
+
+    model, params = _tiny("decoder", vocabulary.vocab_size)
+    results = []
+    for shape in [None, (8, 1, 1), (2, 2, 2)]:
+        mesh = None if shape is None else partitioning.make_mesh(shape)
+        results.append(task_evaluation.evaluate_task(
+            model, params, None, parity_tasks[0], vocabulary, batch_size=8, max_examples=4,
+            mesh=mesh, rules=partitioning.DEFAULT_RULES)["templates"])
+    assert results[0] == results[1] == results[2]
