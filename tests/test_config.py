@@ -284,3 +284,6 @@ def test_packaged_compositions_use_every_macro_they_bind(gin_config):
                 continue
             flags = ["MODEL_DIR = '/tmp/run'"] + (c4_flags if "data/c4.gin" in files else [])
             gin_config(files, wiring + flags)  # raises ConfigError on a false alarm
+    for name in ("instruction_tune_decoder.gin", "instruction_tune_t5.gin"):
+        for wiring in (main.MIXTURE_WIRING, main.TASK_EVAL_WIRING):
+            gin_config([f"quickstart/{name}"], [wiring])

@@ -8,7 +8,9 @@ zero-shot on the held-out one, against
   (c) tuning on fewer clusters.
 Both quickstart models are used (the decoder and T5 of `make demo`, pretrained first if their
 run directories hold no checkpoint). Every run is a `t5x-lite` subprocess, so gin state never
-leaks between runs. Results: OUT/results.json, OUT/results.md and OUT/held_out.png.
+leaks between runs. Tasks of the training clusters (--held_in) are evaluated the same way,
+to show what tuning taught where it did train. Results: OUT/results.json, OUT/results.md
+and OUT/held_out.png.
 
     python experiments/flan/run.py [--held_out sentiment] [--steps 200] [--out runs/flan]
 """
@@ -56,76 +58,78 @@ def cli(*args: str, log: str) -> None:
     print(f"  done in {time.time() - start:.0f} s", flush=True)
 
 
-def has_checkpoint(model_dir: str) -> bool:
-    directory = os.path.join(model_dir, "checkpoints")
-    return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
-
-
 def run_architecture(name, args, log) -> dict[str, dict]:
+    """Pretrains (or finishes pretraining), tunes and evaluates one architecture. `train`
+    resumes from a run's checkpoint, so a rerun redoes only what is missing."""
     pretrain_gin, base_dir, tune_gin = ARCHITECTURES[name]
-    if not has_checkpoint(base_dir):
-        cli("train", f"--gin_file={pretrain_gin}", f"--gin.MODEL_DIR='{base_dir}'", log=log)
+    cli("train", f"--gin_file={pretrain_gin}", f"--gin.MODEL_DIR='{base_dir}'", log=log)
     results = {}
     for variant, flags in variants(args.held_out).items():
         model_dir = base_dir if flags is None else os.path.join(args.out, name, variant)
-        if flags is not None and not has_checkpoint(model_dir):
+        if flags is not None:
             cli("train", f"--gin_file={tune_gin}", f"--gin.MODEL_DIR='{model_dir}'",
                 f"--gin.INIT_FROM='{base_dir}'", f"--gin.TRAIN_STEPS={args.steps}",
                 "--gin.EVAL_EVERY=100000", *flags, log=log)
-        output_dir = os.path.join(args.out, name, variant, "eval")
-        cli("eval", f"--gin_file={tune_gin}", f"--gin.MODEL_DIR='{model_dir}'",
-            "--mixture=embedded_suite", f"--cluster={args.held_out}",
-            f"--output_dir={output_dir}",
-            f"--gin.task_evaluation.run.max_examples={args.max_examples}", log=log)
-        with open(os.path.join(output_dir, "results.json")) as f:
-            results[variant] = json.load(f)
+        for group, selection in (("held_out", ["--mixture=embedded_suite",
+                                               f"--cluster={args.held_out}"]),
+                                 ("held_in", [f"--tasks={args.held_in}"])):
+            output_dir = os.path.join(args.out, name, variant, f"eval_{group}")
+            if not os.path.exists(os.path.join(output_dir, "results.json")):
+                cli("eval", f"--gin_file={tune_gin}", f"--gin.MODEL_DIR='{model_dir}'",
+                    *selection, f"--output_dir={output_dir}",
+                    f"--gin.task_evaluation.run.max_examples={args.max_examples}", log=log)
+            with open(os.path.join(output_dir, "results.json")) as f:
+                results.setdefault(group, {})[variant] = json.load(f)
     return results
 
 
-def summarize(results) -> str:
-    lines = ["| model | variant | " + " | ".join(_tasks(results)) + " | mean | best-dev mean |",
-             "|---|---|" + "---|" * (len(_tasks(results)) + 2)]
-    for arch, by_variant in results.items():
-        for variant, r in by_variant.items():
-            cells = [f"{r['tasks'][t]['mean']:.1f} ± {r['tasks'][t]['std']:.1f}"
-                     for t in _tasks(results)]
+def summarize(results, group: str) -> str:
+    """One row per model and variant: each task's mean ± std over templates, then the mean
+    over tasks and the mean of the best-dev templates' test scores."""
+    by_variant = {arch: r[group] for arch, r in results.items()}
+    first = next(iter(next(iter(by_variant.values())).values()))
+    tasks = list(first["tasks"])
+    lines = ["| model | variant | " + " | ".join(tasks) + " | mean | best-dev mean |",
+             "|---|---|" + "---|" * (len(tasks) + 2)]
+    for arch, variants_ in by_variant.items():
+        for variant, r in variants_.items():
+            cells = [f"{r['tasks'][t]['mean']:.1f} ± {r['tasks'][t]['std']:.1f}" for t in tasks]
             best = np.mean([t["best_dev_template_test"] for t in r["tasks"].values()])
             lines.append(f"| {arch} | {variant} | " + " | ".join(cells) +
                          f" | {r['mean']:.1f} | {best:.1f} |")
-    chance = {t: r["tasks"][t].get("chance") for r in next(iter(results.values())).values()
-              for t in r["tasks"]}
-    lines.append("\nCells: accuracy (%) mean ± std over the evaluation templates; chance: " +
-                 ", ".join(f"{t} {c:.1f}" for t, c in chance.items() if c is not None))
+    chance = ", ".join(f"{t} {first['tasks'][t]['chance']:.1f}" for t in tasks
+                       if "chance" in first["tasks"][t])
+    lines.append(f"\nCells: accuracy (%), mean ± std over the evaluation templates; chance: "
+                 f"{chance}.")
     return "\n".join(lines) + "\n"
 
 
-def _tasks(results) -> list[str]:
-    first = next(iter(next(iter(results.values())).values()))
-    return list(first["tasks"])
-
-
 def plot(results, path: str) -> None:
+    """Bars per variant and model: mean over tasks and templates, error bar = the mean over
+    tasks of the std over templates; a dashed line at chance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     archs = list(results)
-    names = list(next(iter(results.values())))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(archs)
-    for i, arch in enumerate(archs):
-        means = [results[arch][v]["mean"] for v in names]
-        spread = [np.mean([t["std"] for t in results[arch][v]["tasks"].values()]) for v in names]
-        ax.bar(np.arange(len(names)) + i * width, means, width, yerr=spread, capsize=3,
-               label=arch)
-    chance = np.mean([t["chance"] for t in results[archs[0]][names[0]]["tasks"].values()
-                      if "chance" in t])
-    ax.axhline(chance, color="gray", linestyle="--", label="chance")
-    ax.set_xticks(np.arange(len(names)) + width * (len(archs) - 1) / 2, names)
-    ax.set_ylabel("held-out accuracy (%), mean over tasks and templates")
-    ax.set_title("zero-shot on the held-out cluster")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, group in zip(axes, ("held_out", "held_in")):
+        names = list(results[archs[0]][group])
+        width = 0.8 / len(archs)
+        for i, arch in enumerate(archs):
+            runs = [results[arch][group][v] for v in names]
+            spread = [np.mean([t["std"] for t in r["tasks"].values()]) for r in runs]
+            ax.bar(np.arange(len(names)) + i * width, [r["mean"] for r in runs], width,
+                   yerr=spread, capsize=3, label=arch)
+        tasks = results[archs[0]][group][names[0]]["tasks"].values()
+        ax.axhline(np.mean([t["chance"] for t in tasks if "chance" in t]), color="gray",
+                   linestyle="--", label="chance")
+        ax.set_xticks(np.arange(len(names)) + width * (len(archs) - 1) / 2, names,
+                      rotation=15)
+        ax.set_title(f"{group.replace('_', '-')} tasks, zero-shot")
+    axes[0].set_ylabel("accuracy (%), mean over tasks and templates")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -133,8 +137,11 @@ def plot(results, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held_out", default="sentiment")
+    parser.add_argument("--held_in", default="country_continent,country_borders",
+                        help="tasks of training clusters, evaluated the same way: does "
+                             "tuning teach what it trains on?")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--max_examples", type=int, default=100,
+    parser.add_argument("--max_examples", type=int, default=50,
                         help="per split (dev, test) and task")
     parser.add_argument("--out", default="runs/flan")
     parser.add_argument("--architectures", default="decoder,t5")
@@ -145,11 +152,14 @@ def main() -> None:
                for arch in args.architectures.split(",")}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    table = summarize(results)
+    report = (f"Held out: the {args.held_out} cluster; held in: {args.held_in}; "
+              f"{args.steps} tuning steps; {args.max_examples} dev and test examples a "
+              f"task.\n\n## Held-out cluster\n\n{summarize(results, 'held_out')}\n"
+              f"## Held-in tasks\n\n{summarize(results, 'held_in')}")
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"Held-out cluster: {args.held_out}; {args.steps} tuning steps.\n\n{table}")
+        f.write(report)
     plot(results, os.path.join(args.out, "held_out.png"))
-    print(table)
+    print(report)
     print(f"wrote {args.out}/results.md and {args.out}/held_out.png")
 
 

@@ -14,6 +14,9 @@ one sequence whose inputs are a prefix with zero loss weight (seqio's PrefixLM c
 the one place an (inputs, targets) text pair becomes ids, for training and for evaluation
 (`task_evaluation.py`), so a model is scored exactly as it was tuned.
 
+grain mixes by position, so a task whose preprocessor skips a fraction of its records (SNLI's
+unlabelled pairs) is seen that fraction less often than its share says.
+
 An example longer than the row keeps the end of its inputs (where FLAN's templates put the
 question and the options) and the start of its targets; it is counted as `truncated`.
 Everything is a function of (seed, shard, position), so the iterator state saved with each

