@@ -250,8 +250,9 @@ def _iterator_difference(saved_file: epath.Path, iterator) -> str:
     current = iterator.get_state()
     if isinstance(current, bytes):  # a grain DataLoader's state is JSON bytes
         current = current.decode()
-    if isinstance(current, str):
-        current = json.loads(current)
+    # As it would be saved: JSON (tuples in the state, e.g. the span-corruption chunker's
+    # remainder slices, come back as lists).
+    current = json.loads(current if isinstance(current, str) else json.dumps(current))
     return _structure_difference(json.loads(saved_file.read_text()), current, "state")
 
 
