@@ -222,9 +222,11 @@ def test_cli_round_trip(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- fine-tune
-def test_train_starts_from_an_import(tmp_path, data_dir, vocabulary):
-    """`train(init_from=MODEL_DIR/params)`: with a zero learning rate the run's checkpoint
-    holds exactly the imported weights, and `load_model` reads them from the run."""
+@pytest.mark.parametrize("init_from", [convert.PARAMS_DIR, "."])
+def test_train_starts_from_an_import(init_from, tmp_path, data_dir, vocabulary):
+    """`train(init_from=MODEL_DIR/params)` or the import's directory itself (as instruction
+    tuning names it): with a zero learning rate the run's checkpoint holds exactly the
+    imported weights, and `load_model` reads them from the run."""
     from t5x_lite import optimizers, train_loop
     from t5x_lite.data import pipeline
 
@@ -240,7 +242,7 @@ def test_train_starts_from_an_import(tmp_path, data_dir, vocabulary):
         learning_rate=optimizers.constant(0.0), train_steps=1, batch_size=8,
         feature_lengths={"targets": 32}, mesh_shape=(1, 1, 1), checkpoint_every=1,
         progress_bar=False, peak_flops_per_device=1e12,
-        init_from=os.path.join(imported, convert.PARAMS_DIR))
+        init_from=os.path.normpath(os.path.join(imported, init_from)))
     _, expected = interop.load_model(imported)
     _, trained = interop.load_model(str(tmp_path / "run"), module)
     jax.tree.map(np.testing.assert_array_equal, trained, expected)
