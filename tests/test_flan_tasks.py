@@ -146,6 +146,10 @@ def _records(task, local_data_dir, tmp_path):
 
     if task.source.builder_module:
         importlib.import_module(task.source.builder_module)
+    # TfdsSource refuses a dataset that is not prepared; mock_data serves the records.
+    name, version = task.source.name.split(":")
+    (tmp_path / name / version).mkdir(parents=True, exist_ok=True)
+    (tmp_path / name / version / "dataset_info.json").write_text("{}")
     with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                                 as_data_source_fn=as_data_source):
         return {s: task.records(s, str(tmp_path)) for s in task_lib.SPLITS}, MOCK_TRAIN
@@ -305,3 +309,10 @@ def test_preprocessor_details(name, record, expected):
         assert example is None
     else:
         assert example is not None and {k: example.get(k) for k in expected} == expected
+
+
+def test_an_unprepared_dataset_is_an_error_never_a_download(tmp_path):
+    snli = TASKS["snli"]
+    with pytest.raises(FileNotFoundError, match="is not prepared in"):
+        snli.records("train", str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # nothing was built or fetched

@@ -170,9 +170,8 @@ class _Renderer:
         return {"task": self.task.name, "inputs": inputs, "targets": targets}
 
     def _example(self, records, index: int):
-        try:
-            example = self.task.example(records[index])
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError, IndexError):
+        example = usable_example(self.task, records[index])
+        if example is MALFORMED:
             self.stats.add("skipped_malformed")
             return None
         if example is None:
@@ -198,10 +197,19 @@ def draw_exemplars(task, train_records, rng: np.random.Generator, shots: int,
         if index in seen:
             continue
         seen.add(index)
-        try:
-            example = task.example(train_records[index])
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError, IndexError):
-            example = None
-        if example is not None:
+        example = usable_example(task, train_records[index])
+        if example is not None and example is not MALFORMED:
             chosen.append(example)
     return chosen
+
+
+MALFORMED = object()  # a record the preprocessor could not read
+
+
+def usable_example(task, record):
+    """The task's example of `record`: None when the preprocessor skips it, MALFORMED when
+    the record lacks what it needs (missing or mistyped features)."""
+    try:
+        return task.example(record)
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, IndexError):
+        return MALFORMED

@@ -71,7 +71,7 @@ class DatasetConfig:
         data_dir = self.resolved_data_dir()
         if self.name.split(":")[0] == "python_docs":
             return python_docs.data_source(self.split, data_dir)
-        return tfds.data_source(self.name, split=self.split,
+        return tfds.data_source(self.name, split=self.split, download=False,
                                 data_dir=str(paths.as_path(data_dir)))
 
     def texts(self, limit: int | None = None):

@@ -9,9 +9,11 @@ from t5x_lite.data.tasks import mixtures, task as task_lib
 def _count(task: task_lib.Task, split: str, data_dir: str | None) -> str:
     """Examples in a split, or '-' when its data is not prepared here (TFDS tasks need a
     data_dir holding them)."""
+    import tensorflow_datasets as tfds
+
     try:
         return str(len(task.records(split, data_dir)))
-    except Exception:  # noqa: BLE001 - any missing-data error just means "not here"
+    except (FileNotFoundError, tfds.core.registered.DatasetNotFoundError):
         return "-"
 
 

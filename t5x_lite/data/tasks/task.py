@@ -84,10 +84,17 @@ class TfdsSource:
 
         if self.builder_module:
             importlib.import_module(self.builder_module)
-        directory = self.data_dir or data_dir
-        return tfds.data_source(self.name, split=split,
-                                data_dir=None if directory is None
-                                else str(paths.as_path(directory)))
+        directory = self.data_dir or data_dir or tfds.core.constants.get_default_data_dir()
+        if ":" in self.name:
+            name, version = self.name.split(":")
+            prepared = paths.as_path(directory) / name / version / "dataset_info.json"
+            if not prepared.exists():
+                raise FileNotFoundError(
+                    f"{self.name} is not prepared in {directory} (build it there as "
+                    "array_record: tfds build --file_format=array_record)")
+        # download=False: a dataset missing from data_dir is an error, never a download.
+        return tfds.data_source(self.name, split=split, download=False,
+                                data_dir=str(paths.as_path(directory)))
 
     def records(self, split: str, data_dir: str | None = None):
         if split == "test":
