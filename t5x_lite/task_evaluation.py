@@ -172,7 +172,9 @@ def evaluate_tasks(module, params, vocabulary, task_names: Sequence[str], *,
                    output_dir: str | None = None, **kwargs) -> dict[str, Any]:
     """Every task of `task_names` (`evaluate_task`'s keyword arguments); with `output_dir`,
     writes results.json and results.md there (process 0, atomically)."""
-    prepared = decoding.prepare_params(module, params)
+    generates = any(task_lib.get(n).metric != "rank_classification" for n in task_names)
+    # Decoding's layout, once, and only if some task decodes (rank classification scores).
+    prepared = decoding.prepare_params(module, params) if generates else None
     tasks = {name: evaluate_task(module, params, prepared, task_lib.get(name), vocabulary,
                                  **kwargs) for name in task_names}
     results = {"tasks": tasks, "clusters": _cluster_means(tasks),

@@ -79,14 +79,14 @@ def test_shared_data_dir_is_built_by_process_0_only(tmp_path, monkeypatch):
     marker = paths.as_path(tmp_path) / ".python_docs.done"
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     with pytest.raises(TimeoutError, match="process 0 has not built python_docs"):
-        python_docs._prepare_shared(Builder(), marker, wait_s=0.2, poll_s=0.1)
+        python_docs.prepare_shared(Builder(), marker, wait_s=0.2, poll_s=0.1)
     assert Builder.builds == 0
     monkeypatch.setattr(jax, "process_index", lambda: 0)
-    python_docs._prepare_shared(Builder(), marker)
-    python_docs._prepare_shared(Builder(), marker)  # built: the marker says so
+    python_docs.prepare_shared(Builder(), marker)
+    python_docs.prepare_shared(Builder(), marker)  # built: the marker says so
     assert Builder.builds == 1 and marker.exists()
     monkeypatch.setattr(jax, "process_index", lambda: 1)
-    python_docs._prepare_shared(Builder(), marker, wait_s=0.2, poll_s=0.1)
+    python_docs.prepare_shared(Builder(), marker, wait_s=0.2, poll_s=0.1)
 
 
 def test_unreachable_bucket_fails_in_one_line_and_creates_nothing(tmp_path, data_dir,

@@ -155,7 +155,7 @@ def prepare(data_dir: str, configs: tuple[str, ...] | list[str] | None = None) -
     """Builds the given task configs (default: all) under `data_dir` as array_record; built
     ones are skipped. Local directories are locked so that concurrent processes build once;
     on gs:// process 0 builds and the others wait for a marker (as `python_docs.prepare`)."""
-    from t5x_lite.data.python_docs import _prepare_shared  # one implementation of the wait
+    from t5x_lite.data.python_docs import prepare_shared
 
     tfds.disable_progress_bar()
     directory = paths.as_path(data_dir)
@@ -167,7 +167,7 @@ def prepare(data_dir: str, configs: tuple[str, ...] | list[str] | None = None) -
     if not paths.is_local(directory):
         for name in names:
             marker = directory / f".instruction_suite-{name}-{InstructionSuite.VERSION}.done"
-            _prepare_shared(_builder(name, directory), marker)
+            prepare_shared(_builder(name, directory), marker)
         return
     directory.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(directory / ".instruction_suite.lock")):
@@ -204,4 +204,4 @@ class EmbeddedSource:
             prepare(directory, [self.config])
             _PREPARED.add((directory, self.config))
         return tfds.data_source(f"instruction_suite/{self.config}:{InstructionSuite.VERSION}",
-                                split=split, data_dir=directory)
+                                split=split, data_dir=directory, download=False)

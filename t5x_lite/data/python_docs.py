@@ -215,11 +215,13 @@ def prepare(data_dir: str) -> None:
         with filelock.FileLock(str(directory / ".python_docs.lock")):
             builder.download_and_prepare()
         return
-    _prepare_shared(builder, directory / f".python_docs-{PythonDocs.VERSION}.done")
+    prepare_shared(builder, directory / f".python_docs-{PythonDocs.VERSION}.done")
 
 
-def _prepare_shared(builder: PythonDocs, marker, wait_s: float = 1800.0,
-                    poll_s: float = 5.0) -> None:
+def prepare_shared(builder, marker, wait_s: float = 1800.0, poll_s: float = 5.0) -> None:
+    """Builds a TFDS builder's dataset once on a shared filesystem (gs://), where no lock
+    works: process 0 builds and then writes `marker`; the others wait for it. The embedded
+    instruction suite builds its configs the same way."""
     import jax  # which process writes shared files
 
     if marker.exists():
