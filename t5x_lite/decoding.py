@@ -158,6 +158,44 @@ def _sample_loop(model, params, prompt, prompt_lengths, encoder_inputs, encoder_
     return final["out"], final["score"]
 
 
+def sample(module: nn.Module, params: Any, prompt: jax.Array, prompt_lengths: jax.Array,
+           seeds: jax.Array, *, strategy: Strategy, max_new_tokens: int,
+           stop_at_eos: bool = True) -> tuple[jax.Array, jax.Array]:
+    """One continuation per prompt row, on device arrays, callable inside `jax.jit`.
+
+    What RL rollouts call, so samples never leave the devices between generation and
+    scoring: `prompt` [batch, Lp] right-padded ids without the start token and their lengths
+    (an encoder-decoder encodes them; an empty one is read as a lone EOS), `seeds` [batch]
+    uint32. The format supplies the start id, EOS and prefix attention, as in `decode`.
+    `params` are trained params (or a `DecodeParams`). Returns (tokens [batch,
+    max_new_tokens], padded after EOS; lengths [batch], counting the EOS if produced).
+    """
+    fmt = model_format.of(module)
+    batch = prompt.shape[0]
+    eos_id = fmt.eos_id if stop_at_eos else -1
+    params = incremental.prepare(module, params).params
+    start = jnp.full((batch, 1), fmt.start_id, jnp.int32)
+    if fmt.encoder_decoder:
+        empty = (prompt_lengths == 0)[:, None] & (jnp.arange(prompt.shape[1])[None] == 0)
+        encoder_inputs = jnp.where(empty, fmt.eos_id, prompt).astype(jnp.int32)
+        encoder_lengths = jnp.maximum(prompt_lengths, 1).astype(jnp.int32)
+        decoder_prompt, decoder_lengths = start, jnp.ones((batch,), jnp.int32)
+    else:
+        encoder_inputs = encoder_lengths = None
+        decoder_prompt = jnp.concatenate([start, prompt.astype(jnp.int32)], axis=1)
+        decoder_lengths = (prompt_lengths + 1).astype(jnp.int32)
+    model = incremental.for_model(type(module), module.config,
+                                  decoder_prompt.shape[1] + max_new_tokens)
+    tokens, _ = _sample_loop(model, params, decoder_prompt, decoder_lengths, encoder_inputs,
+                             encoder_lengths, seeds, strategy=strategy,
+                             max_new_tokens=max_new_tokens, eos_id=eos_id)
+    is_eos = tokens == eos_id
+    ended = jnp.any(is_eos, axis=1)
+    lengths = jnp.where(ended, jnp.argmax(is_eos, axis=1) + 1, max_new_tokens)
+    tokens = jnp.where(jnp.arange(max_new_tokens)[None] < lengths[:, None], tokens, fmt.pad_id)
+    return tokens, lengths.astype(jnp.int32)
+
+
 def length_penalty(length, alpha: float):
     """GNMT / T5 beam-search length normalisation: ((5 + length) / 6) ** alpha."""
     return ((5.0 + length) / 6.0) ** alpha

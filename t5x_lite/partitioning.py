@@ -135,8 +135,10 @@ def logical_sharding(mesh: Mesh, rules: LogicalRules, logical_axes) -> NamedShar
 
 
 def batch_sharding(mesh: Mesh, rules: LogicalRules) -> NamedSharding:
-    """Sharding of a [batch, length] input feature."""
-    return logical_sharding(mesh, rules, ("batch", "length"))
+    """Sharding of an input feature split by its leading batch axis, of any rank (lengths,
+    [batch, length] tokens, [batch, K, length] ranked responses). Sequence dimensions stay
+    whole on input: the model's constraints shard activations by `length` where rules say."""
+    return logical_sharding(mesh, rules, ("batch",))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -91,11 +91,15 @@ class Run:
 
     def loop(self, state, start_step: int, step_fn: StepFn, next_batch: Callable[[], Any],
              data_iterator=None, *, evaluate: Callable[[Any], Mapping[str, float]] | None = None,
-             perf: Callable[[float], Mapping[str, float]] | None = None) -> dict[str, Any]:
+             perf: Callable[[float], Mapping[str, float]] | None = None,
+             finish: Callable[[Any], tuple[Any, Mapping[str, float]]] | None = None,
+             ) -> dict[str, Any]:
         """Runs `step_fn` from `start_step` to the schedule's end; returns the last logged
         metrics. `step_fn(state, batch)` returns (state, metrics) with a scalar `loss` (and
         optionally `param_norm`); `evaluate(state)` returns metrics with a `loss`; `perf(step
-        time)` adds figures (throughput, MFU) to each log line."""
+        time)` adds figures (throughput, MFU) to each log line. `finish(state)` → (state,
+        metrics) has the last word before the final checkpoint (a reward model's
+        normalising bias), so what it changes is saved with the run."""
         schedule = self.schedule
         bar = tqdm.tqdm(total=schedule.train_steps, initial=start_step, dynamic_ncols=True,
                         disable=not (schedule.progress_bar and is_writer()), file=sys.stderr,
@@ -125,6 +129,10 @@ class Run:
                         bar.write(_eval_line(done, last, eval_values))
                     last.update(eval_values)
                     window_start = time.perf_counter()  # evaluation time is not step time
+                if finish is not None and done == schedule.train_steps:
+                    state, finish_values = finish(state)
+                    self.writer.write(done, finish_values)
+                    last.update(finish_values)
                 if self.checkpointer.save(done, state, data_iterator,
                                           force=done == schedule.train_steps):
                     good_step = done
@@ -151,8 +159,10 @@ def _check_finite(step_metrics, step: int, good_step: int | None, model_dir) -> 
 
 
 def _eval_line(step: int, last: Mapping[str, Any], eval_values: Mapping[str, float]) -> str:
-    line = f"step {step}: train loss {last.get('train/loss', math.nan):.4f} | " \
-           f"eval loss {eval_values['eval/loss']:.4f}"
+    line = f"step {step}: train loss {last.get('train/loss', math.nan):.4f} | "
+    if "eval/loss" not in eval_values:  # a job whose evaluation has no loss (PPO's scores)
+        return line + " | ".join(f"{k} {v:.4f}" for k, v in sorted(eval_values.items()))
+    line += f"eval loss {eval_values['eval/loss']:.4f}"
     if "eval/perplexity" in eval_values:
         line += f" | eval perplexity {eval_values['eval/perplexity']:.2f}"
     return line

@@ -38,8 +38,59 @@ def model_inputs(batch: Batch) -> dict[str, jax.Array]:
     return {k: v for k, v in batch.items() if k not in TARGET_FEATURES}
 
 
+class TokenCrossEntropy:
+    """The language-modelling loss: summed cross entropy (with label smoothing and z-loss)
+    over the target tokens, normalised by the global number of target tokens.
+
+    Every loss a `Trainer` takes has this shape: `init_inputs(module, batch)` (model inputs
+    to build the parameters from), `sums(module, params, batch, dropout_rng)` → (summed loss, summed
+    metrics), the name of the sum the gradients are divided by (`denominator`; None for a
+    loss that is already a mean, which then cannot be split into microbatches) and
+    `normalise(sums)` → the logged metrics. Reward models, DPO and PPO bring their own.
+    """
+
+    denominator = "tokens"
+
+    def __init__(self, label_smoothing: float = 0.0, z_loss: float = 0.0):
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+
+    def init_inputs(self, module, batch: Batch) -> dict[str, jax.Array]:
+        return model_inputs(batch)
+
+    def sums(self, module, params, batch, dropout_rng):
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        logits = module.apply(
+            {"params": params}, **model_inputs(batch), deterministic=dropout_rng is None, rngs=rngs
+        )
+        targets = batch["decoder_target_tokens"]
+        weights = batch["decoder_loss_weights"].astype(jnp.float32)
+        token_loss, z_term = losses.cross_entropy_with_logits(
+            logits, targets, label_smoothing=self.label_smoothing, z_loss=self.z_loss
+        )
+        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        sums = {
+            "loss": jnp.sum(token_loss * weights),
+            "z_loss": jnp.sum(z_term * weights),
+            "correct": jnp.sum(correct * weights),
+            "tokens": jnp.sum(weights),
+        }
+        return sums["loss"], sums
+
+    @staticmethod
+    def normalise(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        tokens = jnp.maximum(sums["tokens"], 1.0)
+        return {
+            "loss": sums["loss"] / tokens,
+            "z_loss": sums["z_loss"] / tokens,
+            "accuracy": sums["correct"] / tokens,
+            "target_tokens": sums["tokens"],
+        }
+
+
 class Trainer:
-    """Builds the sharded train state and the compiled train and eval steps for one model."""
+    """Builds the sharded train state and the compiled train and eval steps for one model and
+    one loss (default: `TokenCrossEntropy(label_smoothing, z_loss)`)."""
 
     def __init__(
         self,
@@ -53,14 +104,17 @@ class Trainer:
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         num_microbatches: int = 1,
+        loss=None,
     ):
         self.module = module
+        self.loss = loss or TokenCrossEntropy(label_smoothing, z_loss)
+        if self.loss.denominator is None and num_microbatches != 1:
+            raise ValueError(f"{type(self.loss).__name__} is a mean over its batch: it cannot "
+                             "be accumulated over microbatches")
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.mesh = mesh
         self.rules = tuple(tuple(r) for r in logical_axis_rules)
-        self.label_smoothing = label_smoothing
-        self.z_loss = z_loss
         self.num_microbatches = num_microbatches
         batch_size = self.batch_size = next(iter(batch_shapes.values()))[0][0]
         if batch_size % num_microbatches:
@@ -87,7 +141,7 @@ class Trainer:
     # ----------------------------------------------------------------------- state
     def _init_params_boxed(self, rng):
         init_batch = {k: jnp.zeros(v.shape, v.dtype) for k, v in self.abstract_batch.items()}
-        return self.module.init(rng, **model_inputs(init_batch))["params"]
+        return self.module.init(rng, **self.loss.init_inputs(self.module, init_batch))["params"]
 
     def _init_shapes(self):
         with self._context():
@@ -139,24 +193,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------- steps
     def _loss_sums(self, params, batch, dropout_rng):
-        """Summed loss over target tokens, plus summed metrics (normalised by the caller)."""
-        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        logits = self.module.apply(
-            {"params": params}, **model_inputs(batch), deterministic=dropout_rng is None, rngs=rngs
-        )
-        targets = batch["decoder_target_tokens"]
-        weights = batch["decoder_loss_weights"].astype(jnp.float32)
-        token_loss, z_term = losses.cross_entropy_with_logits(
-            logits, targets, label_smoothing=self.label_smoothing, z_loss=self.z_loss
-        )
-        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-        sums = {
-            "loss": jnp.sum(token_loss * weights),
-            "z_loss": jnp.sum(z_term * weights),
-            "correct": jnp.sum(correct * weights),
-            "tokens": jnp.sum(weights),
-        }
-        return sums["loss"], sums
+        return self.loss.sums(self.module, params, batch, dropout_rng)
 
     def _train_step_impl(self, state: TrainState, batch: Batch):
         dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -174,26 +211,25 @@ class Trainer:
                 grads, sums = grad_fn(state.params, microbatch, jax.random.fold_in(dropout_rng, index))
                 return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-            zeros = jax.tree.map(jnp.zeros_like, (state.params, self._zero_sums()))
+            shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro),
+                                    dropout_rng)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             (grads, sums), _ = jax.lax.scan(
                 accumulate, zeros, (jnp.arange(self.num_microbatches), micro)
             )
 
-        # Normalise by the number of target tokens in the whole (global) batch.
-        denominator = jnp.maximum(sums["tokens"], 1.0)
-        grads = jax.tree.map(lambda g: g / denominator, grads)
+        # Normalise by the loss's count (target tokens for an LM) over the global batch.
+        if self.loss.denominator is not None:
+            denominator = jnp.maximum(sums[self.loss.denominator], 1.0)
+            grads = jax.tree.map(lambda g: g / denominator, grads)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = _normalise(sums)
+        metrics = dict(self.loss.normalise(sums))
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["param_norm"] = optax.tree.norm(params)  # NaN here: the update broke them
         metrics["learning_rate"] = jnp.asarray(self.learning_rate(state.step), jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
-
-    @staticmethod
-    def _zero_sums():
-        return {k: jnp.zeros((), jnp.float32) for k in ("loss", "z_loss", "correct", "tokens")}
 
     def _eval_step_impl(self, params, batch):
         _, sums = self._loss_sums(params, batch, None)
@@ -211,16 +247,6 @@ class Trainer:
     def logits(self, params, batch: Batch) -> jax.Array:
         with self._context():
             return _jit_apply(self.module)(params, model_inputs(batch))
-
-
-def _normalise(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    tokens = jnp.maximum(sums["tokens"], 1.0)
-    return {
-        "loss": sums["loss"] / tokens,
-        "z_loss": sums["z_loss"] / tokens,
-        "accuracy": sums["correct"] / tokens,
-        "target_tokens": sums["tokens"],
-    }
 
 
 def summarize_eval(sums: Mapping[str, float]) -> dict[str, float]:

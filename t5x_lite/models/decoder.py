@@ -117,7 +117,9 @@ class DecoderLM(nn.Module):
     With `decode='prefill'` / `'step'` the attention layers keep a key/value cache of
     `max_decode_length` positions in the 'cache' collection (see decoding.py); positions then
     say where each example's tokens go. `logits_at` ([batch] indices) computes the logits at
-    one position per row only: [batch, 1, vocab].
+    one position per row only: [batch, 1, vocab]. `outputs` picks what is returned:
+    'logits', 'hidden' (the final-normed states [batch, length, embed]; the output layer is
+    then never built, as a reward model's trunk needs) or 'both' (logits, hidden).
     """
 
     config: DecoderConfig
@@ -135,9 +137,11 @@ class DecoderLM(nn.Module):
         *,
         deterministic: bool = True,
         logits_at: jax.Array | None = None,
+        outputs: str = "logits",
         **unused_features: Any,
     ) -> jax.Array:
         cfg = self.config
+        layers.check_outputs(outputs)
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         batch, length = decoder_input_tokens.shape
         if decoder_positions is None:
@@ -181,6 +185,9 @@ class DecoderLM(nn.Module):
 
         x = layers.norm(cfg.norm_type, cfg.norm_epsilon, dtype, param_dtype, "final_norm")(x)
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+        hidden = layers.constrain(x, ("batch", "length", "embed"))
+        if outputs == "hidden":
+            return hidden
         if cfg.tie_embeddings:
             logits = layers.tied_logits(embed, x)
         else:
@@ -188,4 +195,5 @@ class DecoderLM(nn.Module):
                 cfg.vocab_size, ("embed", "vocab"), dtype=dtype, param_dtype=param_dtype,
                 features_first=self.decode is not None, name="lm_head",
             )(x)
-        return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits = layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        return (logits, hidden) if outputs == "both" else logits

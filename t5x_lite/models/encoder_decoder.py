@@ -242,17 +242,23 @@ class EncoderDecoder(nn.Module):
         return self.encoder(embedded, encoder_segment_ids, positions, deterministic)
 
     def decoder_logits(self, encoded, decoder_input_tokens, encoder_segment_ids=None,
-               decoder_segment_ids=None, decoder_positions=None, *, deterministic: bool = True):
+               decoder_segment_ids=None, decoder_positions=None, *, deterministic: bool = True,
+               outputs: str = "logits"):
+        """Decoder logits; `outputs` as in `DecoderLM` ('logits', 'hidden' or 'both')."""
+        layers.check_outputs(outputs)
         positions = _default_positions(decoder_input_tokens, decoder_positions)
         embedded = layers.constrain(self.token_embed(decoder_input_tokens),
                                     ("batch", "length", "embed"))
         y = self.decoder(embedded, encoded, decoder_segment_ids, positions,
                          encoder_segment_ids, deterministic)
+        if outputs == "hidden":
+            return y
         if self.config.tie_embeddings:
             logits = layers.tied_logits(self.token_embed, y) / np.sqrt(self.config.embed_dim)
         else:
             logits = self.lm_head(y)
-        return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits = layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        return (logits, y) if outputs == "both" else logits
 
     def __call__(
         self,
@@ -264,9 +270,11 @@ class EncoderDecoder(nn.Module):
         decoder_positions: jax.Array | None = None,
         *,
         deterministic: bool = True,
+        outputs: str = "logits",
         **unused_features: Any,
     ) -> jax.Array:
         encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                               deterministic=deterministic)
         return self.decoder_logits(encoded, decoder_input_tokens, encoder_segment_ids,
-                           decoder_segment_ids, decoder_positions, deterministic=deterministic)
+                                   decoder_segment_ids, decoder_positions,
+                                   deterministic=deterministic, outputs=outputs)

@@ -358,3 +358,12 @@ def tied_logits(embed: nn.Embed, x: jax.Array) -> jax.Array:
     """Logits with the token embedding as the output layer ([vocab, embed]: features-first)."""
     table = jnp.asarray(embed.embedding, embed.dtype)
     return features_first_product(x.astype(embed.dtype), table, (x.ndim - 1,))
+
+
+MODEL_OUTPUTS = ("logits", "hidden", "both")
+
+
+def check_outputs(outputs: str) -> None:
+    """What a language model returns: its logits, its final hidden states, or both."""
+    if outputs not in MODEL_OUTPUTS:
+        raise ValueError(f"outputs must be one of {MODEL_OUTPUTS}, got {outputs!r}")

@@ -87,8 +87,9 @@ class ModelFormat:
 
 
 def of(model) -> ModelFormat:
-    """The model's format with its architecture filled in (from the model class)."""
-    architecture = type(model).architecture
+    """The model's format with its architecture filled in (from the model class, or the trunk
+    a head sits on)."""
+    architecture = model.architecture
     fmt = getattr(model.config, "format", None) or ModelFormat()
     if fmt.architecture not in (None, architecture):
         raise ValueError(f"{type(model).__name__} is a {architecture} model, but its format "
