@@ -352,7 +352,8 @@ def restore_train_params(directory: str, abstract_params: Any, step: int | None 
     """Only the params of a training checkpoint (`Checkpointer`'s `state` item), as numpy
     arrays, skipping the optimizer state. Newest step unless `step` is given.
 
-    Returns (step, params), or None when `directory` holds no checkpoint. Params of other
+    Returns (step, params), or None when `directory` holds no checkpoint or its state has
+    no top-level params (PPO's state holds several models and exports its policy). Params of other
     shapes or dtypes than `abstract_params` raise CheckpointMismatchError."""
     path = _path(directory)
     if not path.is_dir():
@@ -367,7 +368,9 @@ def restore_train_params(directory: str, abstract_params: Any, step: int | None 
     checkpointer = ocp.PyTreeCheckpointer()
     saved = checkpointer.metadata(state_dir)
     saved = getattr(saved, "item_metadata", saved)  # orbax returns the tree metadata wrapped
-    differences = _differences(saved["params"], abstract_params) if "params" in saved else ""
+    if "params" not in saved:  # a job whose state nests its models (PPO): see its params/
+        return None
+    differences = _differences(saved["params"], abstract_params)
     if differences:
         raise CheckpointMismatchError(
             f"checkpoint step {step} in {path} holds params of another model: {differences}")

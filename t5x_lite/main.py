@@ -34,6 +34,7 @@ inference.{fn}.model_dir = %MODEL_DIR
 WIRING = {
     "infer": _INFERENCE_WIRING.format(fn="infer") + "inference.infer.strategy = @decoding.Strategy()",
     "score": _INFERENCE_WIRING.format(fn="score"),
+    "best_of_n": "from __gin__ import dynamic_registration",  # runs/best_of_n.gin binds it
     "eval": _INFERENCE_WIRING.format(fn="evaluate") + "\n".join([
         "inference.evaluate.eval_data = %EVAL_DATA",
         "inference.evaluate.feature_lengths = %TASK_FEATURE_LENGTHS",
@@ -50,8 +51,17 @@ task_evaluation.run.model_dir = %MODEL_DIR"""
 MIXTURE_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.data.tasks.listing as listing
 listing.mixture_lines.data = %INSTRUCTION_DATA"""
+# Training jobs: (module, function, argument check run before gin builds data and models).
+# Each is configured by its run file (runs/pretrain.gin, runs/reward_model.gin, runs/dpo.gin,
+# runs/ppo.gin), with the same flags, errors, operative config and resume behaviour.
+TRAINING_JOBS = {
+    "train": ("t5x_lite.train_loop", "train", "check_arguments"),
+    "train_reward": ("t5x_lite.rlhf.reward_model", "train_reward", "check_arguments"),
+    "dpo": ("t5x_lite.rlhf.dpo", "train_dpo", None),
+    "ppo": ("t5x_lite.rlhf.ppo", "train_ppo", None),
+}
 # Commands that run on the devices of a (possibly multi-process) job.
-DISTRIBUTED_COMMANDS = ("train", "infer", "score", "eval")
+DISTRIBUTED_COMMANDS = (*TRAINING_JOBS, "infer", "score", "eval", "best_of_n")
 # `params` counts whatever model the files bind to the MODEL macro.
 PARAMS_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.metrics as metrics
@@ -84,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
                 " instruction tasks per template with --tasks, --cluster or --mixture",
         "tasks": "list the registered instruction tasks, clusters and mixtures",
         "mixture": "print each task of the INSTRUCTION_DATA mixture: examples, rate, share",
+        "train_reward": "train a reward model on ranked comparisons (runs/reward_model.gin)",
+        "dpo": "fine-tune a policy with DPO / cDPO / IPO on comparisons (runs/dpo.gin)",
+        "ppo": "optimise a policy with PPO (or PPO-ptx) against a reward model (runs/ppo.gin)",
+        "best_of_n": "sample n responses per --input prompt, keep the reward model's best "
+                     "(--output JSONL: a rejection-sampling SFT set; runs/best_of_n.gin)",
     }
     for name, help_text in commands.items():
         command = sub.add_parser(name, help=help_text)
@@ -97,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
             _convert_arguments(command)
         if name in DISTRIBUTED_COMMANDS:
             _distributed_arguments(command)
-        if name in ("infer", "score", "eval"):
+        if name in ("infer", "score", "eval", "best_of_n"):
             command.add_argument("--input", required=name != "eval",
                                  help="JSONL input file")
             command.add_argument("--output", required=name != "eval",
@@ -197,10 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             return _convert(args, bindings, search_paths)
         if args.command == "tasks":
             return _tasks(args)
-        extra = [_wiring(args)] if args.command != "train" else []
+        extra = [_wiring(args)] if args.command not in TRAINING_JOBS else []
         gin_config = config_lib.GinConfig(args.gin_file, extra + bindings, search_paths)
-        if args.command == "train":
-            return _train(gin_config)
+        if args.command in TRAINING_JOBS:
+            return _train(gin_config, *TRAINING_JOBS[args.command])
+        if args.command == "best_of_n":
+            return _best_of_n(args, gin_config)
         if args.command == "params":
             return _params(gin_config)
         if args.command == "mixture":
@@ -264,20 +281,36 @@ def _task_eval(args, gin_config) -> int:
     return 0
 
 
-def _train(gin_config) -> int:
-    from t5x_lite import config as config_lib, train_loop
+def _train(gin_config, module_name: str, function: str, check: str | None) -> int:
+    import importlib
 
+    from t5x_lite import config as config_lib
+
+    module = importlib.import_module(module_name)
+    job = getattr(module, function)
     model_dir = config_lib.macro_value("MODEL_DIR")
     writes_config = isinstance(model_dir, str)  # process 0 writes it (write_operative_config)
     if writes_config:
         config_lib.write_operative_config(model_dir, "config.gin")  # the full config, up front
-    # gin builds the vocabulary (minutes on first use) before `train` runs: check first.
-    config_lib.check_arguments(gin_config, train_loop.train, train_loop.check_arguments)
+    # gin builds the vocabulary (minutes on first use) before the job runs: check first.
+    if check is not None:
+        config_lib.check_arguments(gin_config, job, getattr(module, check))
     try:
-        config_lib.call(gin_config, train_loop.train)
+        config_lib.call(gin_config, job)
     finally:
         if writes_config:
             config_lib.write_operative_config(model_dir, "config.gin")  # what was really used
+    return 0
+
+
+def _best_of_n(args, gin_config) -> int:
+    from t5x_lite import config as config_lib
+    from t5x_lite.rlhf import best_of_n
+
+    records = config_lib.call(gin_config, best_of_n.best_of_n, input_path=args.input,
+                              output_path=args.output)
+    print(f"wrote {len(records)} best-of-n responses to {args.output}: "
+          f"{best_of_n.summary(records)}")
     return 0
 
 

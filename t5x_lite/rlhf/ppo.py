@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import losses as token_losses, partitioning, train_loop, trainer as trainer_lib
+from t5x_lite import checkpoints, losses as token_losses, partitioning, train_loop
+from t5x_lite import trainer as trainer_lib
 from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import objectives, pipeline
 from t5x_lite.models import heads, model_format
@@ -341,7 +342,16 @@ def train_ppo(
         placed = {k: partitioning.put_global(v, policy_trainer.batch_sharding)
                   for k, v in eval_arrays.items()}
         evaluate = lambda state: iteration.evaluate(state, placed, seed + 2)
-    return run.loop(state, start, iteration, next_prompts, iterators, evaluate=evaluate)
+    def export_policy(state):
+        """The trained policy's language model as MODEL_DIR/params, which `infer`, `eval`,
+        `best_of_n`, `convert` and a later `init_from` read (the checkpoints hold all of
+        PPO's state)."""
+        params = rollouts.language_model_params(networks, state.policy.params)
+        checkpoints.save_params(str(run.model_dir / "params"), params)
+        return state, {}
+
+    return run.loop(state, start, iteration, next_prompts, iterators, evaluate=evaluate,
+                    finish=export_policy)
 
 
 class _BatchOf:

@@ -183,9 +183,10 @@ def text(value: Any) -> str:
 _TASKS: dict[str, Task] = {}
 
 
-def register(task: Task) -> Task:
-    """Adds `task` to the registry; a second task of the same name is an error."""
-    if task.name in _TASKS and _TASKS[task.name] is not task:
+def register(task: Task, *, replace: bool = False) -> Task:
+    """Adds `task` to the registry; a second task of the same name is an error unless
+    `replace` (a task defined at run time from a file, e.g. rejection-sampled data)."""
+    if task.name in _TASKS and _TASKS[task.name] is not task and not replace:
         raise ValueError(f"a task named {task.name!r} is already registered")
     _TASKS[task.name] = task
     return task
