@@ -51,6 +51,9 @@ TEST_REQUIRES = [
     "hypothesis>=6.170,<7",
     "torch==2.13.0",  # tests/test_interop.py: tiny transformers models on CPU
     "transformers>=5.23.0,<5.24",
+    # tests/test_rlhf_losses.py: DPO / IPO against TRL's own loss code; the preference
+    # benchmark against its DPOTrainer.
+    "trl==1.16.0",
 ]
 
 setuptools.setup(

@@ -105,10 +105,13 @@ def reference_logprobs(trainer: Trainer, reference_params, arrays) -> np.ndarray
     return np.concatenate(out).astype(np.float32)
 
 
-def _reference_fn(trainer: Trainer) -> Callable:
+def _reference_fn(trainer: Trainer, out_sharding=None) -> Callable:
+    """Jitted reference log-probs of a batch: replicated (to collect them on the host) or,
+    computed live, laid out as the batch they join."""
     return jobs.jit_on_mesh(
         lambda params, batch: sequence_logprobs(trainer.module, params, batch),
-        trainer.mesh, trainer.rules, out_shardings=partitioning.replicated(trainer.mesh))
+        trainer.mesh, trainer.rules,
+        out_shardings=out_sharding or partitioning.replicated(trainer.mesh))
 
 
 def train_dpo(
@@ -161,7 +164,8 @@ def train_dpo(
     if eval_arrays is not None:
         eval_arrays["ref_logps"] = reference_logprobs(trainer, reference, eval_arrays)
     iterator, next_batch = jobs.train_batches(train_arrays, trainer, seed=seed)
-    live_reference = None if precompute_reference else _reference_fn(trainer)
+    live_reference = (None if precompute_reference
+                      else _reference_fn(trainer, trainer.batch_sharding))
 
     def step(state, batch):
         if live_reference is not None:
