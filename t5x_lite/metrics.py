@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -229,6 +229,40 @@ def plot_losses(model_dir: str, filename: str = "loss.png") -> str | None:
     ax.legend()
     fig.tight_layout()
     path = directory / filename
+    try:
+        with paths.atomic_output(path, binary=True) as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
+    return str(path)
+
+
+def plot_metrics(model_dir: str, names: Sequence[str], filename: str) -> str | None:
+    """One panel per logged metric in `names` (those present) against step, written
+    atomically next to the metrics: a job's figures beyond its loss (PPO's score, KL, β)."""
+    records = read_metrics(model_dir)
+    series = {name: [(r["step"], r[name]) for r in records if name in r] for name in names}
+    series = {name: points for name, points in series.items() if points}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(series))
+    rows = -(-len(series) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), dpi=100,
+                             squeeze=False)
+    for ax, (name, points) in zip(axes.flat, series.items()):
+        ax.plot(*zip(*points), "-", lw=1.2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = paths.as_path(model_dir) / filename
     try:
         with paths.atomic_output(path, binary=True) as f:
             fig.savefig(f, format="png")

@@ -101,7 +101,7 @@ def test_ppo_runs_exports_its_policy_and_resumes(workspace, data_dir, value_mode
                  "train/perf/rollout_tokens_per_second", "train/perf/update_tokens_per_second",
                  "train/ptx_loss", "eval/score", "eval/kl"):
         assert name in logged, name
-    assert (model_dir / "params").is_dir() and (model_dir / "loss.png").exists()
+    assert (model_dir / "params").is_dir() and (model_dir / "ppo.png").exists()
     again = cli("ppo", gin, "--gin.TRAIN_STEPS=3", cwd=root, data_dir=data_dir)
     assert again.returncode == 0, again.stderr
     assert "resumed from checkpoint at step 2" in again.stderr

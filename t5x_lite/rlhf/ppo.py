@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import checkpoints, losses as token_losses, partitioning, train_loop
+from t5x_lite import checkpoints, losses as token_losses, metrics as metrics_lib
+from t5x_lite import partitioning, train_loop
 from t5x_lite import trainer as trainer_lib
 from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import objectives, pipeline
@@ -231,6 +232,10 @@ class Iteration:
 
 # ----------------------------------------------------------------------------- the job
 VALUE_MODELS = ("reward_model", "policy_head")
+PLOTTED = ("train/rollout/score", "eval/score", "train/rollout/kl", "train/beta",
+           "train/entropy", "train/clip_fraction", "train/approx_kl", "train/value_loss",
+           "train/explained_variance", "train/rollout/response_length",
+           "train/perf/rollout_tokens_per_second", "train/ptx_loss")
 
 
 def train_ppo(
@@ -348,6 +353,8 @@ def train_ppo(
         PPO's state)."""
         params = rollouts.language_model_params(networks, state.policy.params)
         checkpoints.save_params(str(run.model_dir / "params"), params)
+        if train_loop.is_writer():
+            metrics_lib.plot_metrics(str(run.model_dir), PLOTTED, "ppo.png")
         return state, {}
 
     return run.loop(state, start, iteration, next_prompts, iterators, evaluate=evaluate,
