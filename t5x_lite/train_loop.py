@@ -146,12 +146,13 @@ class Run:
 
 
 def _check_finite(step_metrics, step: int, good_step: int | None, model_dir) -> None:
-    """Two scalars per step: cheap, and a NaN never reaches a checkpoint."""
-    names = [k for k in ("loss", "param_norm") if k in step_metrics]
+    """The loss and every model's parameter norm (PPO: `value_param_norm` too): a few
+    scalars per step, and a NaN never reaches a checkpoint."""
+    names = [k for k in step_metrics if k == "loss" or k.endswith("param_norm")]
     values = jax.device_get([step_metrics[k] for k in names])
     for name, value in zip(names, values):
         if not math.isfinite(float(value)):
-            what = "loss" if name == "loss" else "parameter norm after the update"
+            what = "loss" if name == "loss" else f"{name} (parameter norm) after the update"
             kept = (f"The last good checkpoint is step {good_step} in {model_dir}."
                     if good_step is not None else "No checkpoint was saved.")
             raise NonFiniteLossError(f"{what} is {float(value)} at step {step}; training "

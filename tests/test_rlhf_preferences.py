@@ -329,17 +329,20 @@ def test_epochs_are_reshuffled_and_each_covers_every_row():
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_shards_together_read_what_one_process_reads(shuffle):
-    def read(shard_index, num_shards):
+    """Each global batch is the same for 1 or 2 processes: shard i holds its i-th block."""
+    def read(shard_index, num_shards, repeat=False):
         iterator = preferences.batches(rows(11), batch_size=4, seed=2, shuffle=shuffle,
-                                       repeat=False, shard_index=shard_index,
+                                       repeat=repeat, shard_index=shard_index,
                                        num_shards=num_shards)
-        batches = list(iterator)
+        batches = take(iterator, 6) if repeat else list(iterator)
         assert all(len(b["id"]) <= 4 // num_shards for b in batches)
-        return [int(i) for b in batches for i in b["id"]]
+        return [[int(i) for i in b["id"]] for b in batches]
 
     whole, shards = read(0, 1), [read(0, 2), read(1, 2)]
-    assert sorted(whole) == sorted(shards[0] + shards[1]) == list(range(11))
-    assert set(shards[0]) == set(range(0, 11, 2)) and set(shards[1]) == set(range(1, 11, 2))
+    assert sorted(i for b in whole for i in b) == list(range(11))
+    assert [a + b for a, b in zip(*shards)] == whole
+    looping = read(0, 1, repeat=True)
+    assert [a + b for a, b in zip(read(0, 2, True), read(1, 2, True))] == looping
 
 
 def test_batch_size_must_divide_among_shards():

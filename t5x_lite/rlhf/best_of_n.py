@@ -48,7 +48,8 @@ def best_of(language_model, reward: heads.ScalarHead, policy_params, reward_para
 def best_of_n(*, model, vocabulary, model_dir: str, reward_model_dir: str, input_path: str,
               output_path: str, reward_model=None, n: int = 4, temperature: float = 1.0,
               max_new_tokens: int = 32, prompt_length: int = 64, batch_size: int = 8,
-              prompt_key: str = "prompt", seed: int = 0, mesh_shape=(-1, 1, 1),
+              prompt_key: str = "prompt", instruction_prompts: bool = True, seed: int = 0,
+              mesh_shape=(-1, 1, 1),
               logical_axis_rules=partitioning.DEFAULT_RULES) -> list[dict[str, Any]]:
     """Writes one JSONL record per prompt of `input_path`: {"prompt", "inputs", "targets"
     (the best response), "score", "scores" (all n)}; returns the records."""
@@ -67,7 +68,8 @@ def best_of_n(*, model, vocabulary, model_dir: str, reward_model_dir: str, input
             model, reward, p, r, prompt, lengths, key, n=n, temperature=temperature,
             max_new_tokens=max_new_tokens),
         mesh, rules, out_shardings=partitioning.replicated(mesh))
-    arrays = preferences.encode_prompts(prompts, vocabulary, prompt_length=prompt_length)
+    arrays = preferences.encode_prompts(prompts, vocabulary, prompt_length=prompt_length,
+                                        prompt_eos=jobs.prompt_eos(model, instruction_prompts))
     sharding = partitioning.batch_sharding(mesh, rules)
     records = []
     for start in range(0, len(prompts), batch_size):

@@ -131,6 +131,7 @@ def train_dpo(
     label_smoothing: float = 0.0,
     loss_type: str = "sigmoid",
     precompute_reference: bool = True,
+    instruction_prompts: bool = True,
     mesh_shape=(-1, 1, 1),
     dcn_mesh_shape=None,
     logical_axis_rules=partitioning.DEFAULT_RULES,
@@ -141,11 +142,13 @@ def train_dpo(
     keep_checkpoints: int = 3,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tunes the SFT model at `init_from` (also the frozen reference) with DPO."""
+    """Fine-tunes the SFT model at `init_from` (also the frozen reference) with DPO.
+    `instruction_prompts`: prompts end with EOS as instruction tuning's inputs do."""
     model_format.check_vocabulary(model_format.of(model), vocabulary)
     train, held_out = preference_data.train_eval()
-    encode = lambda c: preferences.encode(pairs_of(c), vocabulary, prompt_length=prompt_length,
-                                          response_length=response_length, max_responses=2)[0]
+    encode = lambda c: preferences.encode(
+        pairs_of(c), vocabulary, prompt_length=prompt_length, response_length=response_length,
+        max_responses=2, prompt_eos=jobs.prompt_eos(model, instruction_prompts))[0]
     train_arrays = encode(train)
     eval_arrays = encode(held_out) if held_out else None
     train_loop.say(f"DPO: {len(train_arrays['prompt'])} training pairs, "

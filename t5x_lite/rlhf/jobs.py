@@ -24,6 +24,15 @@ from t5x_lite.rlhf import preferences, sequences
 from t5x_lite.trainer import Trainer, mesh_and_rules
 
 
+def prompt_eos(model, instruction_prompts: bool) -> bool:
+    """Whether a prompt ends with EOS for `model`, so that it reads prompts as it was tuned
+    to: an encoder's inputs always do (as `infer` and span corruption end them); a decoder's
+    do when prompts are instruction inputs, which instruction tuning ends with EOS
+    (instruction_pipeline.encode_pair), and not when the policy continues raw text (a
+    pretrained LM, as in Ziegler et al.'s continuation tasks)."""
+    return model_format.of(model).encoder_decoder or instruction_prompts
+
+
 def batch_shapes(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict:
     """Global batch shapes of batches drawn from `arrays` (rows along the first axis)."""
     return {k: ((batch_size, *v.shape[1:]), v.dtype) for k, v in arrays.items()}

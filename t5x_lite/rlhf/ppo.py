@@ -194,23 +194,7 @@ class Iteration:
         experience, figures = self.rollout(state, prompts, rollout_key)
         jax.block_until_ready(experience)
         rollout_time, started = time.perf_counter() - started, time.perf_counter()
-        policy, value, updates = state.policy, state.value, []
-        for epoch in range(self.ppo_epochs):
-            order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch),
-                                           self.batch_size)
-            for index in range(self.num_minibatches):
-                minibatch = self._minibatch(experience, order, index * self.minibatch_size,
-                                            self.minibatch_size)
-                if self.next_ptx is not None:
-                    minibatch.update({PTX_PREFIX + k: v for k, v in self.next_ptx().items()})
-                policy, policy_metrics = self.policy_trainer.train_step(policy, minibatch)
-                update = dict(policy_metrics)
-                if value is not None:
-                    value, value_metrics = self.value_trainer.train_step(value, minibatch)
-                    update.update({k: v for k, v in value_metrics.items() if k != "loss"},
-                                  value_param_norm=value_metrics["param_norm"])
-                updates.append(update)
-        update = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *updates)
+        policy, value, update = self.update(state.policy, state.value, experience, shuffle_key)
         jax.block_until_ready(update)
         update_time = time.perf_counter() - started
         beta = self.kl_control.update(state.beta, figures["kl"], self.batch_size)
@@ -222,6 +206,30 @@ class Iteration:
                        self.ppo_epochs * self.batch_size * row_tokens / update_time,
                    "perf/rollout_seconds": rollout_time, "perf/update_seconds": update_time}
         return state.replace(policy=policy, value=value, beta=beta), metrics
+
+    def update(self, policy: TrainState, value: TrainState | None, experience, key):
+        """`ppo_epochs` shuffled passes over the experience in minibatches, each a policy
+        step (with a pretraining batch for PPO-ptx) and a value step; returns the new states
+        and the updates' mean metrics."""
+        updates = []
+        for epoch in range(self.ppo_epochs):
+            order = jax.random.permutation(jax.random.fold_in(key, epoch), self.batch_size)
+            for index in range(self.num_minibatches):
+                minibatch = self._minibatch(experience, order, index * self.minibatch_size,
+                                            self.minibatch_size)
+                if self.next_ptx is not None:
+                    minibatch.update({PTX_PREFIX + k: v for k, v in self.next_ptx().items()})
+                policy, metrics = self.policy_trainer.train_step(policy, minibatch)
+                metrics = dict(metrics)
+                if value is not None:
+                    value, value_metrics = self.value_trainer.train_step(value, minibatch)
+                    for name, figure in value_metrics.items():
+                        if name in ("grad_norm", "param_norm", "learning_rate"):
+                            metrics[f"value_{name}"] = figure  # the value model's own
+                        elif name != "loss":
+                            metrics[name] = figure
+                updates.append(metrics)
+        return policy, value, jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *updates)
 
     def evaluate(self, state: PPOState, prompts, seed: int) -> dict[str, float]:
         """Score, KL and length on held-out prompts, sampled as in training with a fixed key."""
@@ -256,6 +264,7 @@ def train_ppo(
     num_minibatches: int = 1,
     ppo_epochs: int = 4,
     prompt_length: int,
+    instruction_prompts: bool = True,
     rollout: rollouts.RolloutConfig = rollouts.RolloutConfig(),
     kl_control: ppo_math.KLControl = ppo_math.KLControl(),
     losses: LossSettings = LossSettings(),
@@ -275,7 +284,8 @@ def train_ppo(
 ) -> dict[str, Any]:
     """PPO (or PPO-ptx when `losses.ptx_coef` > 0) from the SFT run `init_from` against the
     reward model trained in `reward_model_dir` (whose trunk is `reward_model`, by default the
-    policy's architecture). `train_steps` counts iterations of `batch_size` rollouts."""
+    policy's architecture). `train_steps` counts iterations of `batch_size` rollouts;
+    `instruction_prompts`: prompts end with EOS as instruction tuning's inputs do."""
     if value_model not in VALUE_MODELS:
         raise ValueError(f"value_model must be one of {VALUE_MODELS}, got {value_model!r}")
     if batch_size % num_minibatches:
@@ -285,7 +295,9 @@ def train_ppo(
     model_format.check_vocabulary(fmt, vocabulary)
     losses = dataclasses.replace(losses, temperature=rollout.temperature)
     train_prompts, eval_prompts = prompt_data.train_eval()
-    encode = lambda p: preferences.encode_prompts(p, vocabulary, prompt_length=prompt_length)
+    encode = lambda p: preferences.encode_prompts(
+        p, vocabulary, prompt_length=prompt_length,
+        prompt_eos=jobs.prompt_eos(model, instruction_prompts))
     train_arrays = encode(train_prompts)
     mesh = partitioning.make_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
     rules = tuple(tuple(r) for r in logical_axis_rules)
@@ -334,8 +346,12 @@ def train_ppo(
         if separate_value:  # InstructGPT: the value model starts as the reward model
             value = value_trainer.create_state(seed).replace(
                 params=jax.tree.map(jnp.copy, reward_params))
-        return PPOState(policy=policy, value=value, beta=jnp.float32(kl_control.init_beta),
-                        rng=jax.random.key_data(jax.random.key(seed + 1)))
+        # β and the key are replicated global arrays, as checkpoints of several hosts need.
+        scalars = {"beta": np.float32(kl_control.init_beta),
+                   "rng": np.asarray(jax.random.key_data(jax.random.key(seed + 1)))}
+        scalars = partitioning.put_global(scalars, {k: partitioning.replicated(mesh)
+                                                    for k in scalars})
+        return PPOState(policy=policy, value=value, **scalars)
 
     abstract = _abstract_state(policy_trainer, value_trainer, mesh)
     run = train_loop.Run.open(model_dir, train_loop.Schedule(

@@ -360,9 +360,10 @@ class Vocabulary(Protocol):
 
 
 def _prompt_ids(text: str, vocabulary: Vocabulary, length: int,
-                counts: collections.Counter) -> list[int]:
-    """Token ids of a prompt, keeping the LAST `length`: the turns next to the response."""
-    ids = list(vocabulary.encode(text))
+                counts: collections.Counter, prompt_eos: bool) -> list[int]:
+    """Token ids of a prompt (+ EOS when `prompt_eos`: see `encode`), keeping the LAST
+    `length`: the turns next to the response."""
+    ids = list(vocabulary.encode(text)) + ([vocabulary.eos_id] if prompt_eos else [])
     if len(ids) > length:
         counts["prompt truncated"] += 1
         ids = ids[len(ids) - length:]
@@ -394,9 +395,11 @@ def _response_ids(comparison: Comparison, vocabulary: Vocabulary, length: int,
 
 
 def encode(comparisons: Sequence[Comparison], vocabulary: Vocabulary, *, prompt_length: int,
-           response_length: int, max_responses: int,
+           response_length: int, max_responses: int, prompt_eos: bool = False,
            ) -> tuple[dict[str, np.ndarray], collections.Counter]:
-    """Fixed-shape int32 arrays of `comparisons` (0-padded) and counts of what was cut."""
+    """Fixed-shape int32 arrays of `comparisons` (0-padded) and counts of what was cut.
+    `prompt_eos` ends each prompt with EOS, as instruction tuning ends its inputs
+    (jobs.prompt_eos decides it for a model)."""
     if max_responses < 2:
         raise ValueError(f"max_responses must be at least 2, got {max_responses}")
     counts: collections.Counter = collections.Counter()
@@ -406,7 +409,8 @@ def encode(comparisons: Sequence[Comparison], vocabulary: Vocabulary, *, prompt_
         if len(kept) < 2:
             counts["fewer than two responses"] += 1
             continue
-        prompts.append(_prompt_ids(comparison.prompt, vocabulary, prompt_length, counts))
+        prompts.append(_prompt_ids(comparison.prompt, vocabulary, prompt_length, counts,
+                                   prompt_eos))
         responses.append(kept)
     if not prompts:
         raise InputError(f"no comparison of {len(comparisons)} fits response_length="
@@ -423,12 +427,12 @@ def encode(comparisons: Sequence[Comparison], vocabulary: Vocabulary, *, prompt_
 
 
 def encode_prompts(prompts: Sequence[str], vocabulary: Vocabulary, *, prompt_length: int,
-                   ) -> dict[str, np.ndarray]:
+                   prompt_eos: bool = False) -> dict[str, np.ndarray]:
     """{"prompt", "prompt_lengths"} of a PPO prompt set, truncated as in `encode`."""
     if not prompts:
         raise InputError("no prompts to encode")
     counts: collections.Counter = collections.Counter()
-    ids = [_prompt_ids(p, vocabulary, prompt_length, counts) for p in prompts]
+    ids = [_prompt_ids(p, vocabulary, prompt_length, counts, prompt_eos) for p in prompts]
     if counts:
         logger.info("%d of %d prompts truncated to their last %d tokens",
                     counts["prompt truncated"], len(prompts), prompt_length)
@@ -442,9 +446,12 @@ def encode_prompts(prompts: Sequence[str], vocabulary: Vocabulary, *, prompt_len
 def batches(arrays: Mapping[str, np.ndarray], *, batch_size: int, seed: int,
             shuffle: bool = True, repeat: bool = True, shard_index: int = 0,
             num_shards: int = 1, drop_remainder: bool = False) -> grain.DatasetIterator:
-    """A checkpointable iterator of this process's batches: rows shard_index::num_shards,
-    `batch_size // num_shards` at a time, reshuffled every epoch (grain reseeds per epoch).
-    Without `repeat`, the last batch may be short unless `drop_remainder`."""
+    """A checkpointable iterator of this process's part of each global batch: the global
+    batches are the same for any number of processes (one shuffled order of all rows, the
+    same seed everywhere, reshuffled every epoch), and shard i takes the i-th block of
+    `batch_size // num_shards` rows of each, the rows its devices hold. So 2 hosts train on
+    exactly what 1 host does. Without `repeat`, the last batch may be short (a shard's block
+    then too, possibly empty) unless `drop_remainder`."""
     if batch_size <= 0 or batch_size % num_shards:
         raise ValueError(f"batch_size {batch_size} must be a positive multiple of "
                          f"num_shards {num_shards}")
@@ -454,16 +461,20 @@ def batches(arrays: Mapping[str, np.ndarray], *, batch_size: int, seed: int,
     sizes = {len(array) for array in arrays.values()}
     if len(sizes) != 1:
         raise ValueError(f"arrays must share their first dimension, got {sizes}")
-    dataset = grain.MapDataset.range(sizes.pop())[shard_index::num_shards]
+    dataset = grain.MapDataset.range(sizes.pop())
     if not len(dataset):
-        raise InputError(f"shard {shard_index} of {num_shards} has no rows")
+        raise InputError("no rows to batch")
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
     if repeat:
         dataset = dataset.repeat()
-    # Batches of row indices, then one fancy-index per array per batch (not per row).
-    dataset = dataset.batch(batch_size // num_shards, drop_remainder=drop_remainder)
-    dataset = dataset.map(lambda rows: {name: array[rows] for name, array in arrays.items()})
+    # Global batches of row indices, this shard's block of each, then one fancy-index per
+    # array per batch (not per row).
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    block = batch_size // num_shards
+    mine = slice(shard_index * block, (shard_index + 1) * block)
+    dataset = dataset.map(lambda rows: {name: array[rows[mine]]
+                                        for name, array in arrays.items()})
     # Gathering rows of arrays in memory is cheap: a short prefetch overlaps it with the step
     # without grain's default of 16 threads and 500 buffered batches.
     read_options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)

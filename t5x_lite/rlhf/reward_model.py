@@ -101,6 +101,7 @@ def train_reward(
     prompt_length: int,
     response_length: int,
     max_responses: int = 4,
+    instruction_prompts: bool = True,
     init_from: str | None = None,
     margin: float = 0.0,
     normalization_samples: int = 256,
@@ -115,13 +116,15 @@ def train_reward(
     progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Trains a reward model on `model`'s trunk; returns the last logged metrics (the final
-    evaluation's pairwise accuracy among them)."""
+    evaluation's pairwise accuracy among them). `instruction_prompts`: prompts end with EOS
+    as instruction tuning's inputs do (jobs.prompt_eos)."""
     fmt = model_format.of(model)
     model_format.check_vocabulary(fmt, vocabulary)
     train, held_out = preference_data.train_eval()
     encode = lambda c: preferences.encode(c, vocabulary, prompt_length=prompt_length,
                                           response_length=response_length,
-                                          max_responses=max_responses)
+                                          max_responses=max_responses,
+                                          prompt_eos=jobs.prompt_eos(model, instruction_prompts))
     train_arrays, counts = encode(train)
     if counts:
         train_loop.say(f"training comparisons: {dict(counts)}")
