@@ -36,7 +36,7 @@ flan: $(VENV)/.installed
 	$(BIN)/python experiments/flan/run.py
 
 # InstructGPT's three steps (SFT, reward model, PPO / PPO-ptx) vs DPO and best-of-n, with VADER
-# as the labeler (experiments/rlhf/README.md): about 20 minutes on 2 CPU cores.
+# as the labeler (experiments/rlhf/README.md): about 20-25 minutes on 2 CPU cores.
 rlhf: $(VENV)/.installed
 	$(BIN)/python experiments/rlhf/run.py
 
@@ -44,6 +44,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python experiments/benchmarks/train_step.py
 	$(BIN)/python experiments/benchmarks/decode.py
 	$(BIN)/python experiments/benchmarks/instruction_pipeline.py
+	$(BIN)/python experiments/benchmarks/preference.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -54,8 +54,11 @@ def test_response_logprobs_equal_scoring(name):
     response, response_lengths = padded(RESPONSES, 5)
     rows = sequences.build(model_format.of(module), prompt, prompt_lengths, response,
                            response_lengths)
-    logits = sequences.apply(module, params, rows)
+    logits = sequences.response_outputs(module, params, rows)
     logps, entropy = sequences.response_logprobs(logits, rows, jnp.asarray(response))
+    # The output layer run only at the response's positions gives what the full one does.
+    full = sequences.at_response(sequences.apply(module, params, rows), rows)
+    np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)
     scored = evaluation.score(module, params, [{"inputs": p, "targets": r}
                                                for p, r in zip(PROMPTS, RESPONSES)],
                               batch_size=3, inputs_length=6, targets_length=5)
@@ -72,7 +75,7 @@ def test_temperature_scales_logits(name):
     response, response_lengths = padded(RESPONSES, 5)
     rows = sequences.build(model_format.of(module), prompt, prompt_lengths, response,
                            response_lengths)
-    logits = sequences.apply(module, params, rows)
+    logits = sequences.response_outputs(module, params, rows)
     hot, _ = sequences.response_logprobs(logits, rows, jnp.asarray(response), temperature=0.5)
     by_hand, _ = sequences.response_logprobs(logits / 0.5, rows, jnp.asarray(response))
     np.testing.assert_allclose(hot, by_hand, rtol=1e-6)

@@ -162,9 +162,9 @@ class Sampler:
                                              strategy=decoding.Strategy(temperature=1.0),
                                              max_new_tokens=MAX_NEW_TOKENS)
             rows = sequences.build(fmt, prompt, lengths, response, rlen)
-            logp, _ = sequences.response_logprobs(sequences.apply(model, policy, rows), rows,
+            logp, _ = sequences.response_logprobs(sequences.response_outputs(model, policy, rows), rows,
                                                   response)
-            ref, _ = sequences.response_logprobs(sequences.apply(model, reference, rows), rows,
+            ref, _ = sequences.response_logprobs(sequences.response_outputs(model, reference, rows), rows,
                                                  response)
             score = (jnp.zeros(prompt.shape[:1]) if reward is None else rollouts.reward_scores(
                 reward, reward_params, prompt, lengths, response, rlen))

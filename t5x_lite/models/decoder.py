@@ -116,8 +116,8 @@ class DecoderLM(nn.Module):
 
     With `decode='prefill'` / `'step'` the attention layers keep a key/value cache of
     `max_decode_length` positions in the 'cache' collection (see decoding.py); positions then
-    say where each example's tokens go. `logits_at` ([batch] indices) computes the logits at
-    one position per row only: [batch, 1, vocab]. `outputs` picks what is returned:
+    say where each example's tokens go. `logits_at` ([batch] or [batch, k] indices) computes
+    the output layer (and returns hidden states) at those positions only: [batch, 1 or k, ...]. `outputs` picks what is returned:
     'logits', 'hidden' (the final-normed states [batch, length, embed]; the output layer is
     then never built, as a reward model's trunk needs) or 'both' (logits, hidden).
     """
@@ -180,8 +180,9 @@ class DecoderLM(nn.Module):
             deterministic=deterministic, decode=self.decode,
         )
         x = run_blocks(x, mask, decoder_positions, rope)
-        if logits_at is not None:  # prefill needs only the last prompt token's logits
-            x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
+        if logits_at is not None:  # prefill: the last prompt token; RL: the response's tokens
+            at = logits_at[:, None] if logits_at.ndim == 1 else logits_at
+            x = jnp.take_along_axis(x, at[..., None], axis=1)
 
         x = layers.norm(cfg.norm_type, cfg.norm_epsilon, dtype, param_dtype, "final_norm")(x)
         x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)

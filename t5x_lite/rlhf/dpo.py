@@ -38,7 +38,8 @@ def sequence_logprobs(module, params, batch, dropout_rng=None) -> jax.Array:
     """[B, K] log-probabilities of each response, summed over its tokens (EOS included)."""
     rows = sequences.build_ranked(model_format.of(module), batch)
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-    logits = sequences.apply(module, params, rows, deterministic=dropout_rng is None, rngs=rngs)
+    logits = sequences.response_outputs(module, params, rows,
+                                        deterministic=dropout_rng is None, rngs=rngs)
     token_logprobs, _ = sequences.response_logprobs(logits, rows,
                                                     batch["responses"].reshape(rows.mask.shape))
     return jnp.sum(token_logprobs, -1).reshape(batch["responses"].shape[:2])

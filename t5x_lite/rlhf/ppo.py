@@ -94,7 +94,7 @@ class PolicyLoss:
                                            batch["advantages"], mask, s.clip_range)
         metrics = {"policy_loss": loss, "entropy": ppo_math.masked_mean(entropy, mask), **stats}
         if values is not None:
-            value_loss, value_stats = _value_loss(values, rows, batch, s)
+            value_loss, value_stats = _value_loss(values, batch, s)
             loss = loss + s.value_coef * value_loss
             metrics.update(value_loss=value_loss, **value_stats)
         if s.ptx_coef:
@@ -124,7 +124,7 @@ class ValueLoss:
 
     def sums(self, module, params, batch, dropout_rng):
         rows = _rows(model_format.of(module), batch)
-        loss, stats = _value_loss(sequences.apply(module, params, rows), rows, batch,
+        loss, stats = _value_loss(sequences.response_outputs(module, params, rows), batch,
                                   self.settings)
         return loss, {"loss": loss, "value_loss": loss, **stats}
 
@@ -133,8 +133,8 @@ class ValueLoss:
         return dict(sums)
 
 
-def _value_loss(per_position, rows, batch, settings: LossSettings):
-    values = sequences.at_response(per_position, rows)
+def _value_loss(values, batch, settings: LossSettings):
+    """Clipped value loss of the values at the response's positions ([B, Lr])."""
     loss, stats = ppo_math.value_loss(values, batch["old_values"], batch["returns"],
                                       batch["mask"], settings.clip_range_value)
     stats["explained_variance"] = ppo_math.explained_variance(values, batch["returns"],

@@ -71,8 +71,8 @@ def language_model_params(networks: Networks, policy_params):
 
 
 def policy_outputs(networks: Networks, params, rows: sequences.Rows, **kwargs):
-    """(logits, per-position values or None) of the policy on `rows`."""
-    out = sequences.apply(networks.policy, params, rows, **kwargs)
+    """(logits, values or None) of the policy at the response's positions ([B, Lr, ...])."""
+    out = sequences.response_outputs(networks.policy, params, rows, **kwargs)
     return out if networks.value_head_on_policy else (out, None)
 
 
@@ -105,12 +105,13 @@ def rollout(networks: Networks, config: RolloutConfig, params: dict[str, Any], p
     rows = sequences.build(fmt, prompt, prompt_lengths, response, lengths)
     logits, values = policy_outputs(networks, params["policy"], rows)
     logprobs, entropy = sequences.response_logprobs(logits, rows, response, config.temperature)
-    reference_logits = sequences.apply(networks.language_model, params["reference"], rows)
+    reference_logits = sequences.response_outputs(networks.language_model, params["reference"],
+                                                  rows)
     reference_logprobs, _ = sequences.response_logprobs(reference_logits, rows, response,
                                                         config.temperature)
     if values is None:
-        values = sequences.apply(networks.value, params["value"], rows)
-    values = jnp.where(rows.mask, sequences.at_response(values, rows), 0.0)
+        values = sequences.response_outputs(networks.value, params["value"], rows)
+    values = jnp.where(rows.mask, values, 0.0)
     score = reward_scores(networks.reward, params["reward"], prompt, prompt_lengths, response,
                           lengths)
     ended = jnp.take_along_axis(response, jnp.maximum(lengths - 1, 0)[:, None], 1)[:, 0] == eos_id

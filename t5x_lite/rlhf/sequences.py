@@ -26,6 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from t5x_lite.models import model_format
 from t5x_lite.models.model_format import ModelFormat
 
 
@@ -116,13 +117,23 @@ def at_response(per_position: jax.Array, rows: Rows) -> jax.Array:
     return jnp.take_along_axis(per_position, index, axis=1)
 
 
+def response_outputs(module, params, rows: Rows, **kwargs):
+    """The module's outputs (logits, values, or both) at the positions predicting each
+    response token: [batch, Lr, ...]. A decoder-only model runs its output layer only there
+    (`logits_at`), not over the prompt: the vocabulary projection is a large share of a small
+    model's FLOPs."""
+    if model_format.of(module).encoder_decoder:
+        return jax.tree.map(lambda x: at_response(x, rows), apply(module, params, rows, **kwargs))
+    return apply(module, params, rows, logits_at=rows.index, **kwargs)
+
+
 def response_logprobs(logits: jax.Array, rows: Rows, response: jax.Array,
                       temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """(log π(r_k | prompt, r_<k) at `temperature`, entropy of that distribution), both
-    [batch, Lr] float32 and 0 after the response. Rollouts sample at logits / T, so the
-    policy's and the reference's log-probs are taken at the same T (else the KL is biased)."""
-    logits = at_response(logits, rows).astype(jnp.float32) / temperature
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    [batch, Lr] float32 and 0 after the response, from the logits at the response's
+    positions (`response_outputs`). Rollouts sample at logits / T, so the policy's and the
+    reference's log-probs are taken at the same T (else the KL is biased)."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
     token = jnp.take_along_axis(log_probs, response[..., None].astype(jnp.int32), -1)[..., 0]
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
     return jnp.where(rows.mask, token, 0.0), jnp.where(rows.mask, entropy, 0.0)
