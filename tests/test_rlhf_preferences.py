@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from t5x_lite.errors import InputError
-from t5x_lite.rlhf import preferences
+from t5x_lite.rlhf import preference_arrays, preferences
 from t5x_lite.rlhf.preferences import Comparison, PreferenceData
 
 EOS = 1
@@ -238,7 +238,7 @@ def test_eval_fraction_is_roughly_respected():
 
 def test_encode_shapes_padding_and_eos():
     comparisons = [Comparison("abc", ("xy", "z")), Comparison("d", ("p", "q", "r"))]
-    arrays, counts = preferences.encode(comparisons, VOCAB, prompt_length=5, response_length=4,
+    arrays, counts = preference_arrays.encode(comparisons, VOCAB, prompt_length=5, response_length=4,
                                         max_responses=3)
     assert {k: v.shape for k, v in arrays.items()} == {
         "prompt": (2, 5), "prompt_lengths": (2,), "responses": (2, 3, 4),
@@ -254,15 +254,15 @@ def test_encode_shapes_padding_and_eos():
 
 
 def test_long_prompts_keep_their_last_tokens():
-    arrays, counts = preferences.encode([Comparison("abcdefg", ("x", "y"))], VOCAB,
+    arrays, counts = preference_arrays.encode([Comparison("abcdefg", ("x", "y"))], VOCAB,
                                         prompt_length=3, response_length=4, max_responses=2)
     assert VOCAB.decode(arrays["prompt"][0]) == "efg"
     assert arrays["prompt_lengths"][0] == 3 and counts == {"prompt truncated": 1}
-    encoded = preferences.encode_prompts(["abcdefg", "hi"], VOCAB, prompt_length=3)
+    encoded = preference_arrays.encode_prompts(["abcdefg", "hi"], VOCAB, prompt_length=3)
     assert [VOCAB.decode(row) for row in encoded["prompt"]] == ["efg", "hi"]
     np.testing.assert_array_equal(encoded["prompt_lengths"], [3, 2])
     with pytest.raises(InputError):
-        preferences.encode_prompts([], VOCAB, prompt_length=3)
+        preference_arrays.encode_prompts([], VOCAB, prompt_length=3)
 
 
 def test_long_responses_are_dropped_and_counted():
@@ -271,7 +271,7 @@ def test_long_responses_are_dropped_and_counted():
         Comparison("q", ("fits", "waytoolong")),   # one left: dropped
         Comparison("r", ("a", "b", "c", "d")),     # capped at the best three
     ]
-    arrays, counts = preferences.encode(comparisons, VOCAB, prompt_length=4, response_length=5,
+    arrays, counts = preference_arrays.encode(comparisons, VOCAB, prompt_length=4, response_length=5,
                                         max_responses=3)
     assert counts == {"response too long": 2, "fewer than two responses": 1,
                       "more than max_responses": 1}
@@ -279,14 +279,14 @@ def test_long_responses_are_dropped_and_counted():
     assert [VOCAB.decode(r) for r in arrays["responses"][0]] == ["abc", "de", ""]
     assert [VOCAB.decode(r) for r in arrays["responses"][1]] == ["a", "b", "c"]
     # "fits" + EOS is exactly response_length: kept whole.
-    fit, _ = preferences.encode([Comparison("q", ("abcd", "e"))], VOCAB, prompt_length=1,
+    fit, _ = preference_arrays.encode([Comparison("q", ("abcd", "e"))], VOCAB, prompt_length=1,
                                 response_length=5, max_responses=2)
     assert fit["response_lengths"][0, 0] == 5
 
 
 def test_nothing_left_after_encoding_is_an_input_error():
     with pytest.raises(InputError, match="response_length=2"):
-        preferences.encode([Comparison("p", ("long", "longer"))], VOCAB, prompt_length=4,
+        preference_arrays.encode([Comparison("p", ("long", "longer"))], VOCAB, prompt_length=4,
                            response_length=2, max_responses=2)
 
 
@@ -302,17 +302,17 @@ def take(iterator, k):
 
 
 def test_batches_are_stacked_rows():
-    batch = next(preferences.batches(rows(), batch_size=4, seed=0, shuffle=False))
+    batch = next(preference_arrays.batches(rows(), batch_size=4, seed=0, shuffle=False))
     np.testing.assert_array_equal(batch["id"], [0, 1, 2, 3])
     np.testing.assert_array_equal(batch["pair"], [[0, 1], [2, 3], [4, 5], [6, 7]])
 
 
 def test_batches_resume_from_a_saved_state():
-    first = preferences.batches(rows(), batch_size=3, seed=5)
+    first = preference_arrays.batches(rows(), batch_size=3, seed=5)
     take(first, 4)  # past the first epoch (10 rows)
     state = first.get_state()
     expected = take(first, 6)
-    resumed = preferences.batches(rows(), batch_size=3, seed=5)
+    resumed = preference_arrays.batches(rows(), batch_size=3, seed=5)
     resumed.set_state(state)
     for a, b in zip(expected, take(resumed, 6)):
         np.testing.assert_array_equal(a["id"], b["id"])
@@ -321,7 +321,7 @@ def test_batches_resume_from_a_saved_state():
 
 
 def test_epochs_are_reshuffled_and_each_covers_every_row():
-    ids = np.concatenate([b["id"] for b in take(preferences.batches(rows(), batch_size=5,
+    ids = np.concatenate([b["id"] for b in take(preference_arrays.batches(rows(), batch_size=5,
                                                                     seed=1), 4)])
     assert sorted(ids[:10]) == sorted(ids[10:]) == list(range(10))
     assert list(ids[:10]) != list(ids[10:])
@@ -331,7 +331,7 @@ def test_epochs_are_reshuffled_and_each_covers_every_row():
 def test_shards_together_read_what_one_process_reads(shuffle):
     """Each global batch is the same for 1 or 2 processes: shard i holds its i-th block."""
     def read(shard_index, num_shards, repeat=False):
-        iterator = preferences.batches(rows(11), batch_size=4, seed=2, shuffle=shuffle,
+        iterator = preference_arrays.batches(rows(11), batch_size=4, seed=2, shuffle=shuffle,
                                        repeat=repeat, shard_index=shard_index,
                                        num_shards=num_shards)
         batches = take(iterator, 6) if repeat else list(iterator)
@@ -347,9 +347,9 @@ def test_shards_together_read_what_one_process_reads(shuffle):
 
 def test_batch_size_must_divide_among_shards():
     with pytest.raises(ValueError, match="multiple of num_shards"):
-        preferences.batches(rows(), batch_size=3, seed=0, num_shards=2)
+        preference_arrays.batches(rows(), batch_size=3, seed=0, num_shards=2)
     with pytest.raises(ValueError, match="shard_index"):
-        preferences.batches(rows(), batch_size=4, seed=0, shard_index=2, num_shards=2)
+        preference_arrays.batches(rows(), batch_size=4, seed=0, shard_index=2, num_shards=2)
 
 
 # ------------------------------------------------------------------------------ TFDS
@@ -427,7 +427,7 @@ def test_tfds_not_prepared_is_file_not_found(tmp_path):
 def test_encode_with_the_real_vocabulary(vocabulary):
     prompt = hh("What is a list?") + "\n\nAssistant:"
     comparison = Comparison(prompt, ("An ordered sequence.", "A dog."))
-    arrays, _ = preferences.encode([comparison], vocabulary, prompt_length=32,
+    arrays, _ = preference_arrays.encode([comparison], vocabulary, prompt_length=32,
                                    response_length=16, max_responses=2)
     assert vocabulary.pad_id in (0, None)
     for k, length in enumerate(arrays["response_lengths"][0]):

@@ -11,7 +11,7 @@ import pytest
 from t5x_lite import decoding, evaluation
 from t5x_lite.models import decoder, heads, model_format
 from t5x_lite.models import encoder_decoder as ed
-from t5x_lite.rlhf import sequences
+from t5x_lite.rlhf import preference_arrays, sequences
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13], [3]]
 RESPONSES = [[20, 21, 1], [22, 1], [23, 24, 25, 26]]  # the last has no EOS
@@ -163,7 +163,7 @@ def test_prompts_are_read_as_instruction_tuning_wrote_its_inputs():
     always end with EOS."""
     import rlhf_fixtures as fx
     from t5x_lite.data import instruction_pipeline
-    from t5x_lite.rlhf import jobs, preferences
+    from t5x_lite.rlhf import jobs
 
     vocab = fx.CharVocabulary()
     decoder_lm, t5 = decoder_model()[0], t5_model()[0]
@@ -171,7 +171,7 @@ def test_prompts_are_read_as_instruction_tuning_wrote_its_inputs():
     for model, instruction, expected in [(decoder_lm, True, inputs),
                                          (decoder_lm, False, inputs[:-1]),
                                          (t5, False, inputs)]:
-        arrays = preferences.encode_prompts(["the film was"], vocab, prompt_length=32,
+        arrays = preference_arrays.encode_prompts(["the film was"], vocab, prompt_length=32,
                                             prompt_eos=jobs.prompt_eos(model, instruction))
         length = arrays["prompt_lengths"][0]
         assert arrays["prompt"][0, :length].tolist() == expected

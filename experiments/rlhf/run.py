@@ -48,16 +48,16 @@ from t5x_lite.data import instruction_pipeline, instruction_sources, objectives 
 from t5x_lite.data import pipeline  # noqa: E402
 from t5x_lite.data.tasks import mixtures  # noqa: E402
 from t5x_lite.models import decoder, heads, model_format  # noqa: E402
-from t5x_lite.rlhf import (best_of_n, dpo, jobs, ppo, ppo_math, preferences,  # noqa: E402
-                           reward_model, rollouts, sequences)
+from t5x_lite.rlhf import (best_of_n, dpo, jobs, ppo, ppo_math,  # noqa: E402
+                           preference_arrays, preferences, reward_model, rollouts, sequences)
 from t5x_lite.trainer import Trainer  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 K = 4  # responses ranked per training prompt (InstructGPT: 4-9)
 PROMPT_LENGTH = 16  # tokens (3-5 words, and the EOS that separates inputs from targets)
 MAX_NEW_TOKENS = 40  # kept reviews are at most MAX_REVIEW_TOKENS long, so a sample can end
-# preferences.encode re-encodes decoded text, which SentencePiece does not always round-trip
-# to the same (or as few) ids: slack so that responses are not dropped as too long.
+# preference_arrays.encode re-encodes decoded text, which SentencePiece does not always
+# round-trip to the same (or as few) ids: slack so that responses are not dropped as too long.
 RESPONSE_LENGTH = MAX_NEW_TOKENS + 8
 PRETRAIN_LENGTH = 64  # tokens per pretraining row
 SFT_LENGTH = 64  # tokens per packed SFT row (inputs + EOS + targets + EOS)
@@ -162,10 +162,10 @@ class Sampler:
                                              strategy=decoding.Strategy(temperature=1.0),
                                              max_new_tokens=MAX_NEW_TOKENS)
             rows = sequences.build(fmt, prompt, lengths, response, rlen)
-            logp, _ = sequences.response_logprobs(sequences.response_outputs(model, policy, rows), rows,
-                                                  response)
-            ref, _ = sequences.response_logprobs(sequences.response_outputs(model, reference, rows), rows,
-                                                 response)
+            logp, _ = sequences.response_logprobs(
+                sequences.response_outputs(model, policy, rows), rows, response)
+            ref, _ = sequences.response_logprobs(
+                sequences.response_outputs(model, reference, rows), rows, response)
             score = (jnp.zeros(prompt.shape[:1]) if reward is None else rollouts.reward_scores(
                 reward, reward_params, prompt, lengths, response, rlen))
             ended = jnp.take_along_axis(response, jnp.maximum(rlen - 1, 0)[:, None], 1)[:, 0]
@@ -178,8 +178,9 @@ class Sampler:
                  batch=64):
         """Per prompt, n dicts {text, rm, kl, eos}."""
         # Prompts end with EOS, as SFT's instruction inputs did (what the jobs do by default).
-        arrays = preferences.encode_prompts(prompts, vocabulary, prompt_length=PROMPT_LENGTH,
-                                            prompt_eos=jobs.prompt_eos(self.model, True))
+        arrays = preference_arrays.encode_prompts(
+            prompts, vocabulary, prompt_length=PROMPT_LENGTH,
+            prompt_eos=jobs.prompt_eos(self.model, True))
         out = []
         for start in range(0, len(prompts), batch):
             rows = np.arange(start, start + batch) % len(prompts)
@@ -420,8 +421,9 @@ def evaluate_all(args, model, vocabulary, data_dir, eval_records, rm_metrics):
             model, reward, p, r, prompt, lengths, key, n=args.eval_n, temperature=1.0,
             max_new_tokens=MAX_NEW_TOKENS),
         mesh, RULES, out_shardings=partitioning.replicated(mesh))
-    arrays = preferences.encode_prompts(eval_prompts, vocabulary, prompt_length=PROMPT_LENGTH,
-                                        prompt_eos=jobs.prompt_eos(model, True))
+    arrays = preference_arrays.encode_prompts(eval_prompts, vocabulary,
+                                              prompt_length=PROMPT_LENGTH,
+                                              prompt_eos=jobs.prompt_eos(model, True))
     groups = []
     for start in range(0, len(eval_prompts), 32):
         index = np.arange(start, start + 32) % len(eval_prompts)

@@ -22,7 +22,7 @@ import numpy as np
 from t5x_lite import decoding, inference, partitioning, paths, train_loop
 from t5x_lite.data.tasks import mixtures, task as task_lib, templates
 from t5x_lite.models import heads
-from t5x_lite.rlhf import jobs, preferences, rollouts
+from t5x_lite.rlhf import jobs, preference_arrays, preferences, rollouts
 
 
 def best_of(language_model, reward: heads.ScalarHead, policy_params, reward_params, prompt,
@@ -68,7 +68,7 @@ def best_of_n(*, model, vocabulary, model_dir: str, reward_model_dir: str, input
             model, reward, p, r, prompt, lengths, key, n=n, temperature=temperature,
             max_new_tokens=max_new_tokens),
         mesh, rules, out_shardings=partitioning.replicated(mesh))
-    arrays = preferences.encode_prompts(prompts, vocabulary, prompt_length=prompt_length,
+    arrays = preference_arrays.encode_prompts(prompts, vocabulary, prompt_length=prompt_length,
                                         prompt_eos=jobs.prompt_eos(model, instruction_prompts))
     sharding = partitioning.batch_sharding(mesh, rules)
     records = []

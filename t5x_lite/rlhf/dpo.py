@@ -23,7 +23,7 @@ import optax
 
 from t5x_lite import partitioning, train_loop
 from t5x_lite.models import model_format
-from t5x_lite.rlhf import jobs, losses, preferences, sequences
+from t5x_lite.rlhf import jobs, losses, preference_arrays, preferences, sequences
 from t5x_lite.trainer import Trainer
 
 
@@ -147,7 +147,7 @@ def train_dpo(
     `instruction_prompts`: prompts end with EOS as instruction tuning's inputs do."""
     model_format.check_vocabulary(model_format.of(model), vocabulary)
     train, held_out = preference_data.train_eval()
-    encode = lambda c: preferences.encode(
+    encode = lambda c: preference_arrays.encode(
         pairs_of(c), vocabulary, prompt_length=prompt_length, response_length=response_length,
         max_responses=2, prompt_eos=jobs.prompt_eos(model, instruction_prompts))[0]
     train_arrays = encode(train)

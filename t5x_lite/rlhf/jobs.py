@@ -20,7 +20,7 @@ from t5x_lite import checkpoints, partitioning, train_loop
 from t5x_lite.data import pipeline
 from t5x_lite.errors import InputError
 from t5x_lite.models import heads, model_format
-from t5x_lite.rlhf import preferences, sequences
+from t5x_lite.rlhf import preference_arrays, sequences
 from t5x_lite.trainer import Trainer, mesh_and_rules
 
 
@@ -49,7 +49,7 @@ def train_batches(arrays, trainer: Trainer, *, seed: int):
     """This process's endless, shuffled, checkpointable iterator over `arrays`, and a
     function giving the next global batch on the mesh."""
     index, count = partitioning.batch_shard(trainer.mesh, trainer.rules)
-    iterator = preferences.batches(arrays, batch_size=trainer.batch_size, seed=seed,
+    iterator = preference_arrays.batches(arrays, batch_size=trainer.batch_size, seed=seed,
                                    shard_index=index, num_shards=count)
 
     def next_batch():

@@ -36,7 +36,7 @@ from t5x_lite import trainer as trainer_lib
 from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import objectives, pipeline
 from t5x_lite.models import heads, model_format
-from t5x_lite.rlhf import jobs, ppo_math, preferences, rollouts, sequences
+from t5x_lite.rlhf import jobs, ppo_math, preference_arrays, preferences, rollouts, sequences
 from t5x_lite.trainer import Trainer, TrainState
 
 PTX_PREFIX = "ptx/"
@@ -295,7 +295,7 @@ def train_ppo(
     model_format.check_vocabulary(fmt, vocabulary)
     losses = dataclasses.replace(losses, temperature=rollout.temperature)
     train_prompts, eval_prompts = prompt_data.train_eval()
-    encode = lambda p: preferences.encode_prompts(
+    encode = lambda p: preference_arrays.encode_prompts(
         p, vocabulary, prompt_length=prompt_length,
         prompt_eos=jobs.prompt_eos(model, instruction_prompts))
     train_arrays = encode(train_prompts)

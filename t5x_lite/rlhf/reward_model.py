@@ -26,7 +26,7 @@ import optax
 
 from t5x_lite import partitioning, train_loop
 from t5x_lite.models import heads, model_format
-from t5x_lite.rlhf import jobs, losses, preferences, sequences
+from t5x_lite.rlhf import jobs, losses, preference_arrays, preferences, sequences
 from t5x_lite.trainer import Trainer
 
 
@@ -121,7 +121,7 @@ def train_reward(
     fmt = model_format.of(model)
     model_format.check_vocabulary(fmt, vocabulary)
     train, held_out = preference_data.train_eval()
-    encode = lambda c: preferences.encode(c, vocabulary, prompt_length=prompt_length,
+    encode = lambda c: preference_arrays.encode(c, vocabulary, prompt_length=prompt_length,
                                           response_length=response_length,
                                           max_responses=max_responses,
                                           prompt_eos=jobs.prompt_eos(model, instruction_prompts))
