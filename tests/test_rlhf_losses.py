@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch  # test extras: TRL's own loss code is the parity reference
+import trl
 from hypothesis import given, settings, strategies as st
 
 from t5x_lite.rlhf.losses import (
@@ -255,7 +257,6 @@ class _Accelerator:
 
 def _trl_dpo(batch, *, loss_type, beta, label_smoothing=0.0):
     """TRL's loss (a batch mean) and metrics for `batch`, via the unbound `_compute_loss`."""
-    trl = pytest.importorskip("trl")
     model = _FusedHeadModel(batch["token_logps"])
     stand_in = types.SimpleNamespace(
         model=model,
@@ -286,7 +287,6 @@ def _trl_dpo(batch, *, loss_type, beta, label_smoothing=0.0):
 
 def _preference_batch(seed, batch_size=4, length=12):
     """Chosen rows then rejected rows: prompt tokens, then a completion of varying length, then padding."""
-    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(seed)
     rows = 2 * batch_size
     prompt_len = rng.integers(2, 5, size=batch_size)
@@ -324,7 +324,6 @@ def _ours(batch, **kwargs):
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 @pytest.mark.parametrize("beta", [0.05, 0.1, 0.5])
 def test_dpo_matches_trl(loss_type, beta):
-    pytest.importorskip("trl")
     for seed in range(3):
         batch = _preference_batch(seed)
         trl_loss, trl_metrics = _trl_dpo(batch, loss_type=loss_type, beta=beta)
@@ -346,7 +345,6 @@ def test_dpo_matches_trl(loss_type, beta):
 
 
 def test_trl_sigmoid_ignores_label_smoothing():
-    pytest.importorskip("trl")
     batch = _preference_batch(7)
     trl_loss, _ = _trl_dpo(batch, loss_type="sigmoid", beta=0.1, label_smoothing=0.3)
     plain, _ = _ours(batch, beta=0.1)

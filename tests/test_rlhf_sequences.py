@@ -45,17 +45,23 @@ def padded(rows, width):
     return out, np.asarray([len(r) for r in rows], np.int32)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_response_logprobs_equal_scoring(name):
-    """Summed response log-probs from the rows equal `evaluation.score` of (prompt, response):
-    the reinforcement-learning path reads examples exactly as training and scoring do."""
+def response_logits(name):
+    """A model of `MODELS`, the rows of (PROMPTS, RESPONSES) and its logits at the response."""
     module, params = MODELS[name]()
     prompt, prompt_lengths = padded(PROMPTS, 6)
     response, response_lengths = padded(RESPONSES, 5)
     rows = sequences.build(model_format.of(module), prompt, prompt_lengths, response,
                            response_lengths)
-    logits = sequences.response_outputs(module, params, rows)
-    logps, entropy = sequences.response_logprobs(logits, rows, jnp.asarray(response))
+    response = jnp.asarray(response)
+    return module, params, rows, response, sequences.response_outputs(module, params, rows)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_response_logprobs_equal_scoring(name):
+    """Summed response log-probs from the rows equal `evaluation.score` of (prompt, response):
+    the reinforcement-learning path reads examples exactly as training and scoring do."""
+    module, params, rows, response, logits = response_logits(name)
+    logps, entropy = sequences.response_logprobs(logits, rows, response)
     # The output layer run only at the response's positions gives what the full one does.
     full = sequences.at_response(sequences.apply(module, params, rows), rows)
     np.testing.assert_allclose(logits, full, rtol=1e-5, atol=1e-5)
@@ -70,14 +76,9 @@ def test_response_logprobs_equal_scoring(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_temperature_scales_logits(name):
-    module, params = MODELS[name]()
-    prompt, prompt_lengths = padded(PROMPTS, 6)
-    response, response_lengths = padded(RESPONSES, 5)
-    rows = sequences.build(model_format.of(module), prompt, prompt_lengths, response,
-                           response_lengths)
-    logits = sequences.response_outputs(module, params, rows)
-    hot, _ = sequences.response_logprobs(logits, rows, jnp.asarray(response), temperature=0.5)
-    by_hand, _ = sequences.response_logprobs(logits / 0.5, rows, jnp.asarray(response))
+    module, params, rows, response, logits = response_logits(name)
+    hot, _ = sequences.response_logprobs(logits, rows, response, temperature=0.5)
+    by_hand, _ = sequences.response_logprobs(logits / 0.5, rows, response)
     np.testing.assert_allclose(hot, by_hand, rtol=1e-6)
 
 

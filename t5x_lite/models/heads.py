@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 
 class ScalarHead(nn.Module):
@@ -53,41 +54,21 @@ class ScalarHead(nn.Module):
         return (logits, values) if self.with_logits else values
 
 
-def trunk_params(head_params: Any) -> Any:
-    """The trunk's part of a `ScalarHead`'s params."""
-    return head_params["trunk"]
-
-
 def with_trunk(head_params: Any, trunk: Any) -> Any:
     """`head_params` with the trunk's part replaced by those of `trunk` that it has (an LM's
-    output layer is dropped when the head does not use it); shapes must agree."""
-    wanted = head_params["trunk"]
-    missing = _missing(wanted, trunk)
+    output layer is dropped when the head does not use it); names and shapes must agree."""
+    wanted = traverse_util.flatten_dict(dict(head_params["trunk"]), sep="/")
+    have = traverse_util.flatten_dict(dict(trunk), sep="/")
+    missing = sorted(set(wanted) - set(have))
     if missing:
         raise ValueError(f"the initial language model lacks parameters {missing[:3]} the "
                          "head's trunk needs: is it the same architecture?")
-
-    def pick(target, source):
-        if isinstance(target, dict):
-            return {k: pick(v, source[k]) for k, v in target.items()}
-        if tuple(np.shape(source)) != tuple(target.shape):
-            raise ValueError(f"initial parameter of shape {np.shape(source)} where the trunk "
-                             f"has {target.shape}")
-        return source
-
-    return {**head_params, "trunk": pick(dict(wanted), dict(trunk))}
-
-
-def _missing(wanted: Any, have: Any, prefix: str = "") -> list[str]:
-    if not isinstance(wanted, dict):
-        return []
-    out = []
-    for key, value in wanted.items():
-        if not isinstance(have, dict) or key not in have:
-            out.append(prefix + key)
-        else:
-            out += _missing(value, have[key], f"{prefix}{key}/")
-    return out
+    for name, target in wanted.items():
+        if tuple(np.shape(have[name])) != tuple(target.shape):
+            raise ValueError(f"initial parameter {name} has shape {np.shape(have[name])} where "
+                             f"the trunk has {target.shape}")
+    picked = traverse_util.unflatten_dict({k: have[k] for k in wanted}, sep="/")
+    return {**head_params, "trunk": picked}
 
 
 def set_bias(head_params: Any, bias: jax.Array | float) -> Any:

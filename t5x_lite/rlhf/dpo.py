@@ -13,6 +13,7 @@ by the same jitted function.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Callable
 
@@ -106,9 +107,11 @@ def reference_logprobs(trainer: Trainer, reference_params, arrays) -> np.ndarray
     return np.concatenate(out).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
 def _reference_fn(trainer: Trainer, out_sharding=None) -> Callable:
     """Jitted reference log-probs of a batch: replicated (to collect them on the host) or,
-    computed live, laid out as the batch they join."""
+    computed live, laid out as the batch they join. One per trainer, so the train and eval
+    tables share one compiled program."""
     return jobs.jit_on_mesh(
         lambda params, batch: sequence_logprobs(trainer.module, params, batch),
         trainer.mesh, trainer.rules,
@@ -167,7 +170,8 @@ def train_dpo(
         train_arrays["ref_logps"] = reference_logprobs(trainer, reference, train_arrays)
     if eval_arrays is not None:
         eval_arrays["ref_logps"] = reference_logprobs(trainer, reference, eval_arrays)
-    iterator, next_batch = jobs.train_batches(train_arrays, trainer, seed=seed)
+    iterator, next_batch = jobs.train_batches(
+        train_arrays, mesh, trainer.rules, batch_size=batch_size, seed=seed)
     live_reference = (None if precompute_reference
                       else _reference_fn(trainer, trainer.batch_sharding))
 

@@ -13,10 +13,9 @@ from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import checkpoints, partitioning, train_loop
+from t5x_lite import checkpoints, partitioning, paths, train_loop
 from t5x_lite.data import pipeline
 from t5x_lite.errors import InputError
 from t5x_lite.models import heads, model_format
@@ -45,15 +44,17 @@ def check_batch(batch_size: int, mesh, rules) -> None:
                          f"{divisor} batch shards of mesh {dict(mesh.shape)} (MESH_SHAPE)")
 
 
-def train_batches(arrays, trainer: Trainer, *, seed: int):
-    """This process's endless, shuffled, checkpointable iterator over `arrays`, and a
-    function giving the next global batch on the mesh."""
-    index, count = partitioning.batch_shard(trainer.mesh, trainer.rules)
-    iterator = preference_arrays.batches(arrays, batch_size=trainer.batch_size, seed=seed,
-                                   shard_index=index, num_shards=count)
+def train_batches(arrays, mesh, rules, *, batch_size: int, seed: int):
+    """This process's endless, shuffled, checkpointable iterator over `arrays` (global
+    batches of `batch_size` rows), and a function giving the next global batch on the mesh."""
+    rules = tuple(tuple(r) for r in rules)
+    index, count = partitioning.batch_shard(mesh, rules)
+    iterator = preference_arrays.batches(arrays, batch_size=batch_size, seed=seed,
+                                         shard_index=index, num_shards=count)
+    sharding = partitioning.batch_sharding(mesh, rules)
 
     def next_batch():
-        return pipeline.global_batch(next(iterator), trainer.batch_sharding, trainer.batch_size)
+        return pipeline.global_batch(next(iterator), sharding, batch_size)
 
     return iterator, next_batch
 
@@ -113,7 +114,7 @@ def head_params(model_dir: str, head: heads.ScalarHead, mesh, rules):
     the newest checkpoint's params, normalising bias included."""
     abstract = _abstract(head, example_features(head), mesh, rules)
     restored = checkpoints.restore_train_params(
-        str(train_loop.paths.as_path(model_dir) / "checkpoints"), abstract)
+        str(paths.as_path(model_dir) / "checkpoints"), abstract)
     if restored is None:
         raise InputError(f"no reward-model checkpoint in {model_dir}: train one with "
                          "`t5x-lite train_reward` first")
@@ -140,12 +141,6 @@ def jit_on_mesh(fn: Callable, mesh, rules, **jit_kwargs) -> Callable:
 
     return call
 
-
-def mean_and_std(values: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-    weights = weights.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(weights), 1.0)
-    mean = jnp.sum(values * weights) / count
-    return mean, jnp.sqrt(jnp.sum(jnp.square(values - mean) * weights) / count)
 
 
 class Iterators:

@@ -49,10 +49,6 @@ class PPOState:
     beta: jax.Array
     rng: jax.Array  # raw key data
 
-    @property
-    def step(self):
-        return self.policy.step
-
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
@@ -332,8 +328,8 @@ def train_ppo(
                           batch_size=batch_size, num_minibatches=num_minibatches,
                           ppo_epochs=ppo_epochs, next_ptx=next_ptx)
 
-    prompt_trainer = _BatchOf(policy_trainer, batch_size)
-    prompt_iterator, next_prompts = jobs.train_batches(train_arrays, prompt_trainer, seed=seed)
+    prompt_iterator, next_prompts = jobs.train_batches(train_arrays, mesh, rules,
+                                                       batch_size=batch_size, seed=seed)
     iterators = jobs.Iterators(prompts=prompt_iterator, **(
         {"pretraining": ptx_iterator} if ptx_iterator is not None else {}))
 
@@ -375,15 +371,6 @@ def train_ppo(
 
     return run.loop(state, start, iteration, next_prompts, iterators, evaluate=evaluate,
                     finish=export_policy)
-
-
-class _BatchOf:
-    """A trainer's mesh and batch layout at another batch size (rollouts vs minibatches)."""
-
-    def __init__(self, trainer, batch_size):
-        self.mesh, self.rules, self.batch_sharding = (trainer.mesh, trainer.rules,
-                                                      trainer.batch_sharding)
-        self.batch_size = batch_size
 
 
 def _experience_shapes(batch, prompt_length, response_length):

@@ -138,7 +138,8 @@ def train_reward(
     trainer = Trainer(head, optimizer(learning_rate=learning_rate), learning_rate, mesh,
                       logical_axis_rules, batch_shapes=jobs.batch_shapes(train_arrays, batch_size),
                       loss=RankingLoss(margin))
-    iterator, next_batch = jobs.train_batches(train_arrays, trainer, seed=seed)
+    iterator, next_batch = jobs.train_batches(
+        train_arrays, mesh, trainer.rules, batch_size=batch_size, seed=seed)
     run = train_loop.Run.open(model_dir, train_loop.Schedule(
         train_steps, log_every, eval_every, checkpoint_every, keep_checkpoints, progress_bar))
     state, start = run.restore_or_init(

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from t5x_lite.models import model_format
 from t5x_lite.models.model_format import ModelFormat
+from t5x_lite.rlhf import ppo_math
 
 
 @flax.struct.dataclass
@@ -133,9 +134,10 @@ def response_logprobs(logits: jax.Array, rows: Rows, response: jax.Array,
     [batch, Lr] float32 and 0 after the response, from the logits at the response's
     positions (`response_outputs`). Rollouts sample at logits / T, so the policy's and the
     reference's log-probs are taken at the same T (else the KL is biased)."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    logits = logits.astype(jnp.float32) / temperature
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
     token = jnp.take_along_axis(log_probs, response[..., None].astype(jnp.int32), -1)[..., 0]
-    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+    entropy = ppo_math.entropy_from_logits(logits)
     return jnp.where(rows.mask, token, 0.0), jnp.where(rows.mask, entropy, 0.0)
 
 
