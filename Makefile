@@ -45,6 +45,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python experiments/benchmarks/decode.py
 	$(BIN)/python experiments/benchmarks/instruction_pipeline.py
 	$(BIN)/python experiments/benchmarks/preference.py
+	$(BIN)/python experiments/benchmarks/cleaning.py
 
 clean:
 	rm -rf $(VENV) runs

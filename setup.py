@@ -11,8 +11,8 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.10,<4.10",
     "array-record>=0.8.6,<0.9",
     "grain>=0.2.18,<0.3",
-    "sentencepiece>=0.2.3,<0.3",
-    "protobuf>=7.36,<8",  # sentencepiece's model proto (vocab.py edits it)
+    "sentencepiece>=0.2.2,<0.2.3",  # 0.2.3's model proto needs protobuf 7; Beam needs < 7
+    "protobuf>=6.33,<7",  # sentencepiece's model proto (vocab.py edits it); apache-beam 2.77 caps it
     "etils[epath]>=1.15.0,<2",  # every path: t5x_lite/paths.py
     "fsspec>=2026.9.0,<2027",  # epath's backend for gs://; paths.py uploads through it
     "chex>=0.1.92,<0.2",
@@ -32,7 +32,17 @@ INSTALL_REQUIRES = [
     "emoji>=2.16.0,<2.17",  # CLDR emoji names in several languages
     "vaderSentiment>=3.3.2,<3.4",  # human valence ratings of words
     "textblob>=0.20.1,<0.21",  # hand-tagged polarity of word senses
+    # t5x-lite clean (t5x_lite/data/cleaning/): each ships its data in the wheel.
+    "datasketch>=2.0.0,<2.1",  # MinHash and LSH for near-duplicate documents
+    "phonenumbers>=9.0.43,<10",  # phone numbers in national and international formats
+    "python-stdnum>=2.2,<2.3",  # Luhn (card numbers) and IBAN check digits
+    "pyap>=0.3.1,<0.4",  # street addresses (US, CA, GB)
+    "glin-profanity>=4.1.0,<4.2",  # bad-word lists for 24 languages
+    "py3langid>=0.4.0,<0.5",  # language identification, model included
 ]
+
+# `t5x-lite clean --runner=...`: the cleaning steps as an Apache Beam pipeline.
+BEAM_REQUIRES = ["apache-beam>=2.77.0,<2.78"]
 
 # gs:// paths (model dirs, data dirs, configs, inputs, outputs) through epath/fsspec, and
 # TensorBoard events there (tensorboardX uses google-cloud-storage). No TensorFlow.
@@ -45,7 +55,8 @@ GCS_REQUIRES = [
 TPU_REQUIRES = ["jax[tpu]>=0.10.2,<0.11", *GCS_REQUIRES]
 
 TEST_REQUIRES = [
-    *GCS_REQUIRES,  # tests/test_paths.py: an unreachable gs:// bucket through the real gcsfs
+    *GCS_REQUIRES,
+    *BEAM_REQUIRES,  # tests/test_cleaning.py: DirectRunner gives the single-process output  # tests/test_paths.py: an unreachable gs:// bucket through the real gcsfs
     "pytest>=9.2,<10",
     "pytest-xdist>=3.8,<4",
     "hypothesis>=6.170,<7",
@@ -65,6 +76,7 @@ setuptools.setup(
     package_data={"t5x_lite": ["gin_configs/**/*.gin"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "gcs": GCS_REQUIRES, "tpu": TPU_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "gcs": GCS_REQUIRES, "tpu": TPU_REQUIRES,
+                    "beam": BEAM_REQUIRES},
     entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:main"]},
 )

@@ -4,6 +4,8 @@
     t5x-lite params --gin_file=models/decoder_50m.gin
     t5x-lite convert --from_hf HF_DIR --to MODEL_DIR      # transformers -> t5x_lite
     t5x-lite convert --to_hf OUT_DIR --from MODEL_DIR     # t5x_lite -> transformers
+    t5x-lite memorization --gin_file=quickstart/decoder_lm.gin   # Carlini et al. 2023 extraction
+    t5x-lite clean --input=tfds:python_docs@train --output_dataset=docs_clean  # runs/clean.gin
 
 Every subcommand takes `--gin_file` (repeatable), `--gin.NAME=VALUE` (repeatable, applied
 after the files; later wins) and `--gin_search_paths`. A configuration mistake prints one
@@ -35,12 +37,23 @@ WIRING = {
     "infer": _INFERENCE_WIRING.format(fn="infer") + "inference.infer.strategy = @decoding.Strategy()",
     "score": _INFERENCE_WIRING.format(fn="score"),
     "best_of_n": "from __gin__ import dynamic_registration",  # runs/best_of_n.gin binds it
+    "clean": "from __gin__ import dynamic_registration",  # runs/clean.gin binds it
     "eval": _INFERENCE_WIRING.format(fn="evaluate") + "\n".join([
         "inference.evaluate.eval_data = %EVAL_DATA",
         "inference.evaluate.feature_lengths = %TASK_FEATURE_LENGTHS",
         "inference.evaluate.objective = %OBJECTIVE",
         "inference.evaluate.data_shards = %DATA_SHARDS"]),
 }
+# `memorization`: extractable memorization of TRAIN_DATA, read as training read it
+# (t5x_lite/memorization.py; settings as --gin.memorization.run.NAME=VALUE).
+MEMORIZATION_WIRING = """from __gin__ import dynamic_registration
+import t5x_lite.memorization as memorization
+memorization.run.model = %MODEL
+memorization.run.vocabulary = %VOCABULARY
+memorization.run.model_dir = %MODEL_DIR
+memorization.run.data = %TRAIN_DATA
+memorization.run.objective = %OBJECTIVE
+memorization.run.feature_lengths = %TASK_FEATURE_LENGTHS"""
 # `eval --tasks/--cluster/--mixture`: instruction tasks per template (task_evaluation.py).
 TASK_EVAL_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.task_evaluation as task_evaluation
@@ -61,7 +74,7 @@ TRAINING_JOBS = {
     "ppo": ("t5x_lite.rlhf.ppo", "train_ppo", None),
 }
 # Commands that run on the devices of a (possibly multi-process) job.
-DISTRIBUTED_COMMANDS = (*TRAINING_JOBS, "infer", "score", "eval", "best_of_n")
+DISTRIBUTED_COMMANDS = (*TRAINING_JOBS, "infer", "score", "eval", "best_of_n", "memorization")
 # `params` counts whatever model the files bind to the MODEL macro.
 PARAMS_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.metrics as metrics
@@ -99,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
         "ppo": "optimise a policy with PPO (or PPO-ptx) against a reward model (runs/ppo.gin)",
         "best_of_n": "sample n responses per --input prompt, keep the reward model's best "
                      "(--output JSONL: a rejection-sampling SFT set; runs/best_of_n.gin)",
+        "memorization": "extractable memorization of TRAIN_DATA by duplicate count and prompt "
+                        "length (Carlini et al. 2023): .json, .md and .png in --output_dir",
+        "clean": "clean a corpus (dedup, PII, quality, bad words, language) into a TFDS "
+                 "dataset with a report; steps in runs/clean.gin (the default)",
     }
     for name, help_text in commands.items():
         command = sub.add_parser(name, help=help_text)
@@ -119,6 +136,13 @@ def _parser() -> argparse.ArgumentParser:
                                  help="JSONL output file (written atomically)")
         if name == "eval":
             _task_eval_arguments(command)
+        if name == "clean":
+            _clean_arguments(command)
+        if name == "memorization":
+            command.add_argument("--output_dir", help="memorization.json / .md / .png "
+                                 "(default MODEL_DIR/memorization)")
+            command.add_argument("--sequences", help="JSONL of canaries, {\"text\": ...} per "
+                                 "line, measured alongside sampled training windows")
         if name == "tasks":
             command.add_argument("--cluster", help="only this cluster's tasks")
             command.add_argument("--data_dir", help="where FLAN's TFDS datasets are prepared "
@@ -137,6 +161,25 @@ def _task_eval_arguments(command: argparse.ArgumentParser) -> None:
     group.add_argument("--cluster", help="every task of this cluster (of --mixture if given)")
     group.add_argument("--output_dir", help="results.json / results.md (default "
                        "MODEL_DIR/task_eval)")
+
+
+def _clean_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--input", action="append", required=True,
+                         help="tfds:NAME[:VERSION][@SPLIT], JSONL files or text files (globs; "
+                              "repeatable: the inputs form one corpus)")
+    command.add_argument("--output_dataset", required=True, help="TFDS name of the result")
+    command.add_argument("--data_dir", help="where the result is written (default: the data "
+                         "dir `train` reads, $T5X_LITE_DATA_DIR or ~/.cache/t5x_lite)")
+    command.add_argument("--split", default="train", help="the output split's name")
+    command.add_argument("--text_field", default="text", help="the text field of JSONL input")
+    command.add_argument("--input_data_dir", help="TFDS data dir of a tfds: input "
+                         "(default: --data_dir)")
+    command.add_argument("--runner", help="run as an Apache Beam pipeline on this runner "
+                         "(DirectRunner, DataflowRunner, FlinkRunner, SparkRunner); "
+                         "default: in this process")
+    command.add_argument("--beam_options", default="",
+                         help="Beam pipeline options, e.g. \"--project=P --region=R "
+                              "--temp_location=gs://B/tmp\"")
 
 
 def _distributed_arguments(command: argparse.ArgumentParser) -> None:
@@ -213,17 +256,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tasks":
             return _tasks(args)
         extra = [_wiring(args)] if args.command not in TRAINING_JOBS else []
-        gin_config = config_lib.GinConfig(args.gin_file, extra + bindings, search_paths)
+        gin_files = args.gin_file or (["runs/clean.gin"] if args.command == "clean" else [])
+        gin_config = config_lib.GinConfig(gin_files, extra + bindings, search_paths)
         if args.command in TRAINING_JOBS:
             return _train(gin_config, *TRAINING_JOBS[args.command])
         if args.command == "best_of_n":
             return _best_of_n(args, gin_config)
+        if args.command == "clean":
+            return _clean(args, gin_config)
         if args.command == "params":
             return _params(gin_config)
         if args.command == "mixture":
             return _mixture(gin_config)
         if args.command == "eval" and _evaluates_tasks(args):
             return _task_eval(args, gin_config)
+        if args.command == "memorization":
+            return _memorization(args, gin_config)
         return _inference(args, gin_config)
     except (config_lib.ConfigError,) as error:
         if args.verbose:
@@ -253,6 +301,8 @@ def _wiring(args) -> str:
         return TASK_EVAL_WIRING
     if args.command == "mixture":
         return MIXTURE_WIRING
+    if args.command == "memorization":
+        return MEMORIZATION_WIRING
     return WIRING.get(args.command, PARAMS_WIRING)
 
 
@@ -278,6 +328,15 @@ def _task_eval(args, gin_config) -> int:
                               cluster=args.cluster, mixture=args.mixture,
                               output_dir=args.output_dir)
     print(task_evaluation.markdown_table(results))
+    return 0
+
+
+def _memorization(args, gin_config) -> int:
+    from t5x_lite import config as config_lib, memorization
+
+    summary = config_lib.call(gin_config, memorization.run, output_dir=args.output_dir,
+                              sequences_path=args.sequences)
+    print(memorization.markdown(summary), end="")
     return 0
 
 
@@ -311,6 +370,22 @@ def _best_of_n(args, gin_config) -> int:
                               output_path=args.output)
     print(f"wrote {len(records)} best-of-n responses to {args.output}: "
           f"{best_of_n.summary(records)}")
+    return 0
+
+
+def _clean(args, gin_config) -> int:
+    from t5x_lite import config as config_lib
+    from t5x_lite.data import pipeline
+    from t5x_lite.data.cleaning import clean
+
+    data_dir = args.data_dir or pipeline.default_data_dir()
+    summary = config_lib.call(
+        gin_config, clean.clean, inputs=args.input, output_dataset=args.output_dataset,
+        data_dir=data_dir, split=args.split, text_field=args.text_field,
+        input_data_dir=args.input_data_dir, runner=args.runner, beam_options=args.beam_options)
+    docs = summary["documents"]
+    print(f"{args.output_dataset}: kept {docs['out']:,} of {docs['in']:,} documents; "
+          f"report in {data_dir}/{args.output_dataset}/1.0.0/report.md")
     return 0
 
 

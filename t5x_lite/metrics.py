@@ -227,7 +227,7 @@ def plot_losses(model_dir: str, filename: str = "loss.png") -> str | None:
     ax.set_title(directory.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save_figure(fig, directory / filename)
+    return save_figure(fig, directory / filename)
 
 
 def plot_metrics(model_dir: str, names: Sequence[str], filename: str) -> str | None:
@@ -254,10 +254,10 @@ def plot_metrics(model_dir: str, names: Sequence[str], filename: str) -> str | N
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(series):]:
         ax.axis("off")
-    return _save_figure(fig, paths.as_path(model_dir) / filename)
+    return save_figure(fig, paths.as_path(model_dir) / filename)
 
 
-def _save_figure(fig, path) -> str:
+def save_figure(fig, path) -> str:
     """Writes `fig` as a PNG atomically (local or gs://) and closes it."""
     import matplotlib.pyplot as plt
 

@@ -49,6 +49,10 @@ from t5x_lite.models.model_format import ModelFormat, check_vocabulary
 Objective = Callable[[np.ndarray, int], dict[str, np.ndarray]]
 
 
+# A document longer than this many chunks loses its tail (a bound on one record's share).
+MAX_CHUNKS_PER_DOCUMENT = 64
+
+
 def default_data_dir() -> str:
     """Where TFDS datasets and vocabularies are cached unless gin says otherwise."""
     return os.environ.get("T5X_LITE_DATA_DIR") or os.path.expanduser("~/.cache/t5x_lite")
@@ -228,7 +232,7 @@ def make_dataset(
     shard_index: int | None = None,
     shard_count: int | None = None,
     num_batches: int | None = None,
-    max_chunks_per_document: int = 64,
+    max_chunks_per_document: int = MAX_CHUNKS_PER_DOCUMENT,
     stats: RecordStats | None = None,
 ) -> tuple[grain.IterDataset, RecordStats]:
     """This data shard's `batch_size // shard_count` packed rows per step, as an IterDataset.

@@ -1,0 +1,1 @@
+"""Corpus cleaning: the per-document steps, dedup, the drivers and the report."""
