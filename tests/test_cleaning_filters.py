@@ -335,13 +335,22 @@ def test_badwords_whole_word_and_case_insensitive(english):
 
 
 def test_badwords_modes(english):
+    """Document mode drops the page at the verdict; lines mode drops lines while rewriting."""
+    from t5x_lite.data.cleaning import steps
+    from t5x_lite.data.cleaning.documents import Document
+
     text = "A fine first line.\nYou ass.\nA fine last line."
     assert english.filter_lines(text) == ("A fine first line.\nA fine last line.", 1)
-    assert english.apply(text) is None
-    assert english.apply("A fine line.") == "A fine line."
-    lines = badwords.BadWords(mode="lines")
-    assert lines.apply(text) == "A fine first line.\nA fine last line."
-    assert lines.apply("You ass.") is None
+    only = dict(pii=None, quality=None, exact_dedup=False, line_dedup=None, near_dedup=None)
+    document = steps.CleaningConfig(bad_words=english, **only)
+    outcome = steps.verdict(steps.rewrite(Document("d", text), document), document)
+    assert outcome.removed_by == steps.BAD_WORDS
+    lines = steps.CleaningConfig(bad_words=badwords.BadWords(mode="lines"), **only)
+    outcome = steps.verdict(steps.rewrite(Document("d", text), lines), lines)
+    assert outcome.kept and outcome.text == "A fine first line.\nA fine last line."
+    assert outcome.lines_removed == {steps.BAD_WORDS: 1}
+    outcome = steps.rewrite(Document("e", "You ass."), lines)
+    assert outcome.removed_by == steps.EMPTY
 
 
 def test_badwords_other_languages_and_errors(english):

@@ -61,21 +61,21 @@ def end_to_end(data_dir: str, rounds: int) -> dict[str, float]:
     return {label: statistics.median(values) for label, values in seconds.items()}
 
 
-def stages(docs, config: steps.CleaningConfig) -> dict[str, float]:
+def stages(docs, config: steps.CleaningConfig) -> dict[str, tuple[float, int]]:
+    """(seconds, documents that entered) per single-process stage."""
     result = {}
     start = time.perf_counter()
     outcomes = [steps.rewrite(d, config) for d in docs]
-    result["rewrite (normalise, PII, line rules)"] = time.perf_counter() - start
-    live = [o for o in outcomes if o.kept]
-    result["exact dedup"] = _timed(lambda: local.exact_dedup(live))
-    live = [o for o in live if o.kept]
-    result["line dedup"] = _timed(lambda: local.line_dedup(live, config.line_dedup))
-    live = [o for o in live if o.kept]
-    result["verdict (language, bad words, quality)"] = _timed(
-        lambda: [steps.verdict(o, config) for o in live])
-    live = [o for o in live if o.kept]
-    result["near dedup (MinHash LSH)"] = _timed(
-        lambda: local.near_duplicates(live, config.near_dedup))
+    result["rewrite (normalise, PII, line rules)"] = (time.perf_counter() - start, len(docs))
+    runs = (("exact dedup", local.exact_dedup),
+            ("line dedup", lambda live: local.line_dedup(live, config.line_dedup)),
+            ("verdict (language, bad words, quality)",
+             lambda live: [steps.verdict(o, config) for o in live]),
+            ("near dedup (MinHash LSH)",
+             lambda live: local.near_duplicates(live, config.near_dedup)))
+    for label, run in runs:
+        live = [o for o in outcomes if o.kept]
+        result[label] = (_timed(lambda: run(live)), len(live))
     return result
 
 
@@ -109,8 +109,9 @@ def main() -> None:
         print(f"{label:>20}: {seconds:6.1f} s  {n / seconds:8.0f} docs/s  "
               f"{words / seconds / 1e3:6.0f}k words/s (median of {args.rounds})")
     print("single-process stages:")
-    for label, seconds in stages(docs, _config()).items():
-        print(f"  {label:<42} {seconds:6.2f} s  {n / seconds:8.0f} docs/s")
+    for label, (seconds, entered) in stages(docs, _config()).items():
+        print(f"  {label:<42} {entered:6,} docs in  {seconds:6.2f} s  "
+              f"{entered / seconds:8.0f} docs/s")
     print("MinHash near-dedup as the corpus grows:")
     base = None
     for factor, count, seconds in minhash_scaling(docs):

@@ -103,10 +103,3 @@ class BadWords:
         lines = text.split("\n")
         kept = [line for line in lines if self._regex.search(line) is None]
         return "\n".join(kept), len(lines) - len(kept)
-
-    def apply(self, text: str) -> str | None:
-        """The mode's verdict: None if the document goes, else the (line-filtered) text."""
-        if self.mode == "document":
-            return None if self.contains(text) else text
-        kept, _ = self.filter_lines(text)
-        return kept if kept.strip() else None

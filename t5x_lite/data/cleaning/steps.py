@@ -160,7 +160,7 @@ def verdict(outcome: Outcome, config: CleaningConfig) -> Outcome:
             outcome.removed_by = LANGUAGE
             return outcome
     if (config.bad_words is not None and config.bad_words.mode == "document"
-            and config.bad_words.find(outcome.text)):
+            and config.bad_words.contains(outcome.text)):
         outcome.removed_by = BAD_WORDS
         return outcome
     if config.quality is not None:
