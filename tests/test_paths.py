@@ -205,6 +205,7 @@ ALLOWED = {
     ("t5x_lite/config.py", "GinConfig._pretty"): "shortens names shown in error messages",
     ("t5x_lite/data/python_docs.py", "PythonDocs"): "code_path: this module's own file",
     ("t5x_lite/data/instruction_suite.py", "InstructionSuite"): "code_path: its own file",
+    ("t5x_lite/data/cleaning/output.py", "_CleanedCorpus"): "code_path: its own file",
     ("t5x_lite/data/python_docs.py", "_module_name"): "the running Python's stdlib sources",
     ("t5x_lite/data/python_docs.py", "stdlib_source_files"): "the running Python's stdlib",
     ("t5x_lite/data/python_docs.py", "stdlib_documents"): "the running Python's stdlib",

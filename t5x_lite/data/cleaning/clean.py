@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import shlex
-import tempfile
+import uuid
 from collections.abc import Sequence
 
 from t5x_lite import paths
@@ -53,14 +53,16 @@ def _clean_with_beam(shards, name, data_dir, split, config, runner, beam_options
 
     from t5x_lite.data.cleaning import beam_pipeline  # Beam is only imported when asked for
 
-    # The report data comes back through a file the pipeline writes (on a cloud runner, put
-    # it where workers can write: --temp_location is used when given).
-    options = PipelineOptions(shlex.split(beam_options))
-    temp = options.get_all_options().get("temp_location")
-    with tempfile.TemporaryDirectory() as local_temp:
-        report_path = str(paths.as_path(temp or local_temp) / f"{name}-report.json")
-        transform = beam_pipeline.CleanCorpus(shards, config, report_config, report_path)
+    # The report data comes back through a file the pipeline writes next to the dataset,
+    # where the workers can write (they write the dataset there too).
+    report_path = paths.as_path(data_dir) / f".{name}-report-{uuid.uuid4().hex}.json"
+    transform = beam_pipeline.CleanCorpus(shards, config, report_config, str(report_path))
+    try:
         target = output.write(name, data_dir, split, transform, description=description,
-                              beam_runner=runner, beam_options=options)
-        summary = json.loads(paths.as_path(report_path).read_text())
+                              beam_runner=runner,
+                              beam_options=PipelineOptions(shlex.split(beam_options)))
+        summary = json.loads(report_path.read_text())
+    finally:
+        if report_path.exists():
+            report_path.unlink()
     return summary, target
