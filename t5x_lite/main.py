@@ -5,6 +5,8 @@
     t5x-lite convert --from_hf HF_DIR --to MODEL_DIR      # transformers -> t5x_lite
     t5x-lite convert --to_hf OUT_DIR --from MODEL_DIR     # t5x_lite -> transformers
     t5x-lite memorization --gin_file=quickstart/decoder_lm.gin   # Carlini et al. 2023 extraction
+    t5x-lite embed --gin_file=quickstart/bert_mlm.gin --input=texts.jsonl --output=emb.npy \
+        [--queries=q.jsonl --neighbours=nn.jsonl --k=5]  # mean-pooled embeddings, search
     t5x-lite clean --input=tfds:python_docs@train --output_dataset=docs_clean  # runs/clean.gin
 
 Every subcommand takes `--gin_file` (repeatable), `--gin.NAME=VALUE` (repeatable, applied
@@ -54,6 +56,13 @@ memorization.run.model_dir = %MODEL_DIR
 memorization.run.data = %TRAIN_DATA
 memorization.run.objective = %OBJECTIVE
 memorization.run.feature_lengths = %TASK_FEATURE_LENGTHS"""
+# `embed`: sentence embeddings and nearest neighbours (t5x_lite/embeddings.py; settings as
+# --gin.embeddings.run.NAME=VALUE, e.g. max_length, batch_size, max_texts).
+EMBED_WIRING = """from __gin__ import dynamic_registration
+import t5x_lite.embeddings as embeddings
+embeddings.run.model = %MODEL
+embeddings.run.vocabulary = %VOCABULARY
+embeddings.run.model_dir = %MODEL_DIR"""
 # `eval --tasks/--cluster/--mixture`: instruction tasks per template (task_evaluation.py).
 TASK_EVAL_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.task_evaluation as task_evaluation
@@ -74,7 +83,8 @@ TRAINING_JOBS = {
     "ppo": ("t5x_lite.rlhf.ppo", "train_ppo", None),
 }
 # Commands that run on the devices of a (possibly multi-process) job.
-DISTRIBUTED_COMMANDS = (*TRAINING_JOBS, "infer", "score", "eval", "best_of_n", "memorization")
+DISTRIBUTED_COMMANDS = (*TRAINING_JOBS, "infer", "score", "eval", "best_of_n", "memorization",
+                        "embed")
 # `params` counts whatever model the files bind to the MODEL macro.
 PARAMS_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.metrics as metrics
@@ -114,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
                      "(--output JSONL: a rejection-sampling SFT set; runs/best_of_n.gin)",
         "memorization": "extractable memorization of TRAIN_DATA by duplicate count and prompt "
                         "length (Carlini et al. 2023): .json, .md and .png in --output_dir",
+        "embed": "mean-pooled, L2-normalised embeddings of --input's texts (.npy + .jsonl); "
+                 "with --queries, each query's nearest texts (JSONL)",
         "clean": "clean a corpus (dedup, PII, quality, bad words, language) into a TFDS "
                  "dataset with a report; steps in runs/clean.gin (the default)",
     }
@@ -138,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
             _task_eval_arguments(command)
         if name == "clean":
             _clean_arguments(command)
+        if name == "embed":
+            _embed_arguments(command)
         if name == "memorization":
             command.add_argument("--output_dir", help="memorization.json / .md / .png "
                                  "(default MODEL_DIR/memorization)")
@@ -161,6 +175,18 @@ def _task_eval_arguments(command: argparse.ArgumentParser) -> None:
     group.add_argument("--cluster", help="every task of this cluster (of --mixture if given)")
     group.add_argument("--output_dir", help="results.json / results.md (default "
                        "MODEL_DIR/task_eval)")
+
+
+def _embed_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--input", help="JSONL (a text field per line) or tfds:NAME[:VERSION]"
+                         "[@SPLIT] (from embeddings.run.data_dir); without it, bind "
+                         "embeddings.run.data (e.g. to %%EVAL_DATA)")
+    command.add_argument("--output", required=True, help="OUT.npy: float32 [n, d]; OUT.jsonl "
+                         "beside it says which text each row is")
+    command.add_argument("--queries", help="JSONL of queries (the same text field)")
+    command.add_argument("--neighbours", help="JSONL: each query's nearest texts and cosines")
+    command.add_argument("--k", type=int, help="neighbours per query (default 5)")
+    command.add_argument("--text_field", help="the text field (default 'text')")
 
 
 def _clean_arguments(command: argparse.ArgumentParser) -> None:
@@ -272,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             return _task_eval(args, gin_config)
         if args.command == "memorization":
             return _memorization(args, gin_config)
+        if args.command == "embed":
+            return _embed(args, gin_config)
         return _inference(args, gin_config)
     except (config_lib.ConfigError,) as error:
         if args.verbose:
@@ -303,6 +331,8 @@ def _wiring(args) -> str:
         return MIXTURE_WIRING
     if args.command == "memorization":
         return MEMORIZATION_WIRING
+    if args.command == "embed":
+        return EMBED_WIRING
     return WIRING.get(args.command, PARAMS_WIRING)
 
 
@@ -337,6 +367,23 @@ def _memorization(args, gin_config) -> int:
     summary = config_lib.call(gin_config, memorization.run, output_dir=args.output_dir,
                               sequences_path=args.sequences)
     print(memorization.markdown(summary), end="")
+    return 0
+
+
+def _embed(args, gin_config) -> int:
+    from t5x_lite import config as config_lib, embeddings
+
+    given = {"k": args.k, "text_field": args.text_field}  # else gin's binding or the default
+    result = config_lib.call(gin_config, embeddings.run, input_path=args.input,
+                             output_path=args.output, queries_path=args.queries,
+                             neighbours_path=args.neighbours,
+                             **{name: value for name, value in given.items() if value is not None})
+    count, dim = result["embeddings"].shape
+    print(f"wrote {count} embeddings (dim {dim}) to {args.output} and "
+          f"{embeddings.sidecar_path(args.output)}"
+          + (f"; {result['truncated']} texts truncated" if result["truncated"] else "")
+          + (f"; neighbours of {len(result['neighbours'])} queries to {args.neighbours}"
+             if result["neighbours"] is not None else ""))
     return 0
 
 

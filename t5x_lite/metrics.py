@@ -46,9 +46,9 @@ def matmul_params(params: Any) -> int:
     """Parameters that take part in matmuls: all but the embedding lookup tables (a tied
     embedding also serves as the output projection, so it counts then)."""
     total = count_params(params)
-    position = params.get("position_embed")
-    if position is not None:
-        total -= count_params(position)
+    for table in ("position_embed", "token_type_embed"):
+        if table in params:
+            total -= count_params(params[table])
     return total
 
 
@@ -65,7 +65,7 @@ def flops_per_step(
 
 
 def model_flops_per_step(model, params: Any, feature_lengths, batch_size: int) -> float:
-    """Training FLOPs of one step for a decoder-only or an encoder-decoder model.
+    """Training FLOPs of one step for a decoder-only, encoder-only or encoder-decoder model.
 
     Encoder-decoder: each matmul weight counts 6 FLOPs per token it multiplies,
         6 · ((N_encoder + N_cross_kv) · Li + N_decoder · Lt) · B
@@ -77,6 +77,11 @@ def model_flops_per_step(model, params: Any, feature_lengths, batch_size: int) -
     token stream; checked against XLA's count of the compiled step in tests/test_flops.py).
     """
     cfg = model.config
+    if model_format.of(model).encoder_only:  # logits off the tied embeddings; one stream
+        length = max(feature_lengths.values())
+        return flops_per_step(
+            params, tied_embeddings=True, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+            head_dim=cfg.head_dim, sequence_length=length, tokens_per_step=batch_size * length)
     if not model_format.of(model).encoder_decoder:
         return flops_per_step(
             params, tied_embeddings=cfg.tie_embeddings, num_layers=cfg.num_layers,
@@ -274,8 +279,9 @@ def parameter_counts(model, sequence_length: int = 8) -> dict[str, int]:
     """Parameters per top-level module and in total, from shapes alone (`jax.eval_shape`):
     no memory is allocated, so a 175B-parameter config is counted in seconds."""
     tokens = jax.ShapeDtypeStruct((1, sequence_length), jnp.int32)
-    inputs = {"decoder_input_tokens": tokens}
-    if model_format.of(model).encoder_decoder:
+    fmt = model_format.of(model)
+    inputs = {} if fmt.encoder_only else {"decoder_input_tokens": tokens}
+    if fmt.encoder_decoder or fmt.encoder_only:
         inputs["encoder_input_tokens"] = tokens
 
     def init(inputs):

@@ -26,7 +26,7 @@ DECAYED = frozenset({"kernel", "embedding"})
 # (`rel_embedding`, [heads, buckets]) is an additive bias on the attention logits, not a
 # weight that multiplies activations: it is not decayed either (its decay would pull every
 # head towards position-blindness rather than regularise a projection).
-NOT_DECAYED = frozenset({"scale", "bias", "rel_embedding"})
+NOT_DECAYED = frozenset({"scale", "bias", "output_bias", "rel_embedding"})
 SCANNED_AXIS = "layers"  # nn.scan's module name in models/stacking.py
 
 

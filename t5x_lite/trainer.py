@@ -3,7 +3,8 @@
 The state is created already sharded (`jax.jit` with `out_shardings`, never whole on one
 device first). A train step is one jit with explicit input and output shardings that donates
 the old state. Batches are T5X-style feature dicts: the model's inputs plus
-`decoder_target_tokens` and `decoder_loss_weights`.
+`decoder_target_tokens` and `decoder_loss_weights` (an encoder-only masked LM's:
+`encoder_target_tokens` and `encoder_loss_weights`).
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from jax.sharding import Mesh
 from t5x_lite import losses, partitioning
 
 Batch = Mapping[str, jax.Array]
-TARGET_FEATURES = ("decoder_target_tokens", "decoder_loss_weights")
+# (targets, loss weights) of each layout; none of them is a model input.
+TARGET_PAIRS = (("decoder_target_tokens", "decoder_loss_weights"),
+                ("encoder_target_tokens", "encoder_loss_weights"))
+TARGET_FEATURES = tuple(name for pair in TARGET_PAIRS for name in pair)
 
 
 @flax.struct.dataclass
@@ -36,6 +40,16 @@ class TrainState:
 def model_inputs(batch: Batch) -> dict[str, jax.Array]:
     """The features the model consumes: everything except the targets and their weights."""
     return {k: v for k, v in batch.items() if k not in TARGET_FEATURES}
+
+
+def targets_and_weights(batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """The batch's target tokens and float32 loss weights: the decoder's, or an encoder-only
+    masked LM's (whose model output is aligned with its inputs, so the same loss applies)."""
+    for targets, weights in TARGET_PAIRS:
+        if targets in batch:
+            return batch[targets], batch[weights].astype(jnp.float32)
+    raise KeyError(f"the batch has no targets: expected one of {TARGET_PAIRS}, got "
+                   f"{sorted(batch)}")
 
 
 class TokenCrossEntropy:
@@ -63,8 +77,7 @@ class TokenCrossEntropy:
         logits = module.apply(
             {"params": params}, **model_inputs(batch), deterministic=dropout_rng is None, rngs=rngs
         )
-        targets = batch["decoder_target_tokens"]
-        weights = batch["decoder_loss_weights"].astype(jnp.float32)
+        targets, weights = targets_and_weights(batch)
         token_loss, z_term = losses.cross_entropy_with_logits(
             logits, targets, label_smoothing=self.label_smoothing, z_loss=self.z_loss
         )

@@ -640,8 +640,11 @@ def test_check_layout_rejects_mismatched_feature_lengths():
         fc.check_layout("decoder", {"inputs": 8, "targets": 8})
     with pytest.raises(ValueError, match="keys"):
         fc.check_layout("encoder_decoder", {"targets": 8})
-    with pytest.raises(ValueError, match="layout"):
+    fc.check_layout("encoder", {"inputs": 8})
+    with pytest.raises(ValueError, match="keys"):
         fc.check_layout("encoder", {"targets": 8})
+    with pytest.raises(ValueError, match="layout"):
+        fc.check_layout("bert", {"inputs": 8})
 
 
 # ------------------------------------------------------------------------ raw_length

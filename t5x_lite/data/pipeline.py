@@ -140,14 +140,19 @@ class ChunkTokens(grain.experimental.FlatMapTransform):
         return [tokens[i * self.length : (i + 1) * self.length] for i in range(chunks)]
 
 
-def bind_vocabulary(objective: Objective, vocabulary: vocab_lib.Vocabulary) -> Objective:
-    """Fills an objective's `eos_id` / `vocab_size` / `extra_ids` fields from the vocabulary."""
+def bind_vocabulary(objective: Objective, vocabulary: vocab_lib.Vocabulary,
+                    fmt: ModelFormat | None = None) -> Objective:
+    """Fills an objective's `eos_id` / `vocab_size` / `extra_ids` fields from the vocabulary;
+    one with a `bind(vocabulary, fmt)` method (`MaskedLM`: the format's mask id and the
+    vocabulary's token tables) then binds the rest itself."""
     if dataclasses.is_dataclass(objective):
         fields = {f.name for f in dataclasses.fields(objective)}
         values = {"eos_id": vocabulary.eos_id, "vocab_size": vocabulary.vocab_size,
                   "extra_ids": vocabulary.extra_ids}
-        return dataclasses.replace(objective, **{k: v for k, v in values.items() if k in fields})
-    return objective
+        objective = dataclasses.replace(
+            objective, **{k: v for k, v in values.items() if k in fields})
+    bind = getattr(objective, "bind", None)
+    return bind(vocabulary, fmt) if bind is not None else objective
 
 
 def shard_seed(seed: int, shard_index: int) -> int:
@@ -251,7 +256,7 @@ def make_dataset(
     converters.check_layout(layout, feature_lengths)
     shard_index, shard_count, local_batch = shard_layout(batch_size, shard_index, shard_count)
     stats = stats or RecordStats()
-    objective = bind_vocabulary(objective, vocabulary)
+    objective = bind_vocabulary(objective, vocabulary, fmt)
     raw_length = objective.raw_length(feature_lengths)
     local_seed = shard_seed(seed, shard_index)
 

@@ -146,6 +146,24 @@ class Vocabulary:
             return self.vocab_size - 1 - token_id
         return None
 
+    def id_to_piece(self, token_id: int) -> str:
+        """The piece `token_id` stands for: SentencePiece's (a word start carries '▁',
+        U+2581: what whole-word masking groups by), or `<extra_id_i>` for a sentinel."""
+        sentinel = self.sentinel_index(token_id)
+        if sentinel is not None:
+            return sentinel_name(sentinel)
+        if not 0 <= token_id < self._base_size:
+            raise ValueError(f"token id {token_id} is not in [0, {self.vocab_size})")
+        return self._sp.IdToPiece(token_id)
+
+    def is_special(self, token_id: int) -> bool:
+        """Whether `token_id` is not text: a control (pad, eos, bos), unknown or unused piece,
+        or a sentinel. Such ids never stand in for a random word (masked LM)."""
+        if not 0 <= token_id < self._base_size:
+            return True
+        sp = self._sp
+        return sp.IsControl(token_id) or sp.IsUnknown(token_id) or sp.IsUnused(token_id)
+
     def encode(self, text: str) -> list[int]:
         """Ids of `text`, without EOS. `<extra_id_i>` in the text becomes its sentinel id."""
         if "<extra_id_" not in text:

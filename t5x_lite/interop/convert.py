@@ -23,20 +23,21 @@ import flax.linen as nn
 import numpy as np
 
 from t5x_lite import checkpoints, paths
-from t5x_lite.interop import hf_gpt2, hf_llama, hf_t5, mapping
-from t5x_lite.models import decoder, encoder_decoder, model_format
+from t5x_lite.interop import hf_bert, hf_gpt2, hf_llama, hf_t5, mapping
+from t5x_lite.models import decoder, encoder, encoder_decoder, model_format
 
 PARAMS_DIR = "params"
 MODEL_GIN = "model.gin"
 MODEL_CONFIG = "model_config.json"
 TRAIN_CHECKPOINTS = "checkpoints"  # where `train` keeps a run's checkpoints
 
-_FAMILIES = [hf_t5, hf_llama, hf_gpt2]
+_FAMILIES = [hf_t5, hf_llama, hf_gpt2, hf_bert]
 # Our model class -> (its config class, its gin module).
 _MODELS = {
     "EncoderDecoder": (encoder_decoder.EncoderDecoder, encoder_decoder.EncoderDecoderConfig,
                        "encoder_decoder"),
     "DecoderLM": (decoder.DecoderLM, decoder.DecoderConfig, "decoder"),
+    "EncoderLM": (encoder.EncoderLM, encoder.EncoderConfig, "encoder"),
 }
 
 
@@ -54,8 +55,11 @@ def family_for(hf_config: Mapping[str, Any]):
 def _family_for_module(module: nn.Module, base: Mapping[str, Any] | None):
     if base is not None:
         return family_for(base)
-    if model_format.of(module).encoder_decoder:
+    fmt = model_format.of(module)
+    if fmt.encoder_decoder:
         return hf_t5
+    if fmt.encoder_only:
+        return hf_bert
     cfg = module.config
     return hf_gpt2 if cfg.position_embedding == "learned" else hf_llama
 
@@ -109,9 +113,14 @@ def import_hf(hf_dir: str, model_dir: str, *, scan_layers: bool = True) -> nn.Mo
     docstring for what it holds). Returns our module; params are float32."""
     hf_config = read_hf_config(hf_dir)
     family = family_for(hf_config)
-    cfg = family.config_from_hf(hf_config, scan_layers=scan_layers)
+    tensors = read_hf_weights(hf_dir)
+    # What a family needs beyond config.json (hf_bert: the tokenizer's special ids, and
+    # whether the checkpoint holds an MLM head).
+    options = (family.import_options(hf_dir, hf_config, tensors)
+               if hasattr(family, "import_options") else {})
+    cfg = family.config_from_hf(hf_config, scan_layers=scan_layers, **options)
     module = _module_for_config(cfg)
-    params = family.params_from_hf(read_hf_weights(hf_dir), hf_config, module)
+    params = family.params_from_hf(tensors, hf_config, module)
     directory = paths.ensure_dir(model_dir)
     checkpoints.save_params(str(directory / PARAMS_DIR), params)
     write_model_config(model_dir, module, hf_config)
@@ -223,7 +232,8 @@ def load_model(model_dir: str, model: nn.Module | None = None) -> tuple[nn.Modul
 def export_hf(model_dir: str, out_dir: str, *, model: nn.Module | None = None,
               hf_config: Mapping[str, Any] | None = None, dtype: str = "float32") -> str:
     """Writes config.json + model.safetensors for `model_dir` (see `load_model`) into
-    `out_dir`, loadable by `transformers.AutoModelForSeq2SeqLM` / `AutoModelForCausalLM`.
+    `out_dir`, loadable by `transformers.AutoModelForSeq2SeqLM` / `AutoModelForCausalLM` /
+    `AutoModelForMaskedLM` (an encoder without an MLM head: `AutoModel`).
 
     `model` overrides model_config.json (e.g. a training run's gin MODEL); `hf_config`, the
     transformers config the model was imported from (default: model_config.json's), keeps

@@ -7,6 +7,7 @@ claimed) is done here once, so a family module is just its naming table.
 """
 from __future__ import annotations
 
+import json
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from t5x_lite import paths
 from t5x_lite.models import model_format
 from t5x_lite.models.stacking import stack_layers, unscanned, unstack_layers
 
@@ -40,7 +42,7 @@ def abstract_params(module: nn.Module):
     """The module's params as a tree of ShapeDtypeStructs (nothing allocated)."""
     tokens = jnp.zeros((1, 1), jnp.int32)
     features = {"decoder_input_tokens": tokens}
-    if model_format.of(module).encoder_decoder:
+    if model_format.of(module).architecture != "decoder":  # encoder-decoder or encoder-only
         features["encoder_input_tokens"] = tokens
     return nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), **features))["params"])
 
@@ -165,3 +167,45 @@ def format_to_hf(fmt: model_format.ModelFormat, *, encoder_decoder: bool = False
     else:
         ids["bos_token_id"] = fmt.bos_id
     return ids
+
+
+# The roles a transformers tokenizer config names special tokens by.
+TOKEN_ROLES = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token", "bos_token",
+               "eos_token")
+
+
+def tokenizer_special_ids(hf_dir: str) -> dict[str, int]:
+    """{role: id} for the special tokens (TOKEN_ROLES) that the tokenizer files saved in a
+    transformers directory name; {} when it holds none. Token strings come from
+    tokenizer_config.json (else special_tokens_map.json); ids from, in increasing precedence,
+    vocab.txt (WordPiece: the line number), vocab.json, tokenizer.json's vocabulary and added
+    tokens, and tokenizer_config.json's `added_tokens_decoder`."""
+    directory = paths.as_path(hf_dir)
+
+    def load(name):
+        path = directory / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    names = {}
+    for source in (load("special_tokens_map.json"), load("tokenizer_config.json")):
+        for role in TOKEN_ROLES:
+            value = source.get(role)
+            value = value.get("content") if isinstance(value, dict) else value
+            if isinstance(value, str):
+                names[role] = value
+    if not names:
+        return {}
+    ids: dict[str, int] = {}
+    if (directory / "vocab.txt").exists():
+        lines = (directory / "vocab.txt").read_text(encoding="utf-8").split("\n")
+        ids.update((line.rstrip("\r"), i) for i, line in reversed(list(enumerate(lines))))
+    ids.update(load("vocab.json"))
+    tokenizer = load("tokenizer.json")
+    vocab = tokenizer.get("model", {}).get("vocab") or {}
+    if isinstance(vocab, list):  # Unigram: [[piece, score], ...] in id order
+        vocab = {piece[0]: i for i, piece in enumerate(vocab)}
+    ids.update(vocab)
+    ids.update((t["content"], t["id"]) for t in tokenizer.get("added_tokens", []))
+    ids.update((t["content"], int(i)) for i, t in
+               load("tokenizer_config.json").get("added_tokens_decoder", {}).items())
+    return {role: int(ids[name]) for role, name in names.items() if name in ids}

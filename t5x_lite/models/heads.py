@@ -1,4 +1,5 @@
-"""A scalar head on a language model's trunk: reward models and value functions.
+"""Heads on a language model's trunk: a scalar head (reward models and value functions) and a
+classifier head (an encoder's sequence classification).
 
 `ScalarHead(trunk)` runs any language model of this package (decoder-only or
 encoder-decoder) for its final hidden states and projects each position to one number. A
@@ -23,20 +24,25 @@ import numpy as np
 from flax import traverse_util
 
 
-class ScalarHead(nn.Module):
-    """One float32 number per position of the trunk's (decoder) sequence: [batch, length]."""
+class _OnTrunk(nn.Module):
+    """A head on a trunk model: it reads rows as the trunk does (the trunk's config, and so
+    its `ModelFormat`, and its architecture)."""
 
     trunk: nn.Module
-    with_logits: bool = False
 
     @property
     def config(self):
-        """The trunk's config (and so its `ModelFormat`): the head reads rows as it does."""
         return self.trunk.config
 
     @property
     def architecture(self) -> str:
         return self.trunk.architecture
+
+
+class ScalarHead(_OnTrunk):
+    """One float32 number per position of the trunk's (decoder) sequence: [batch, length]."""
+
+    with_logits: bool = False
 
     @nn.compact
     def __call__(self, *args: Any, **kwargs: Any):
@@ -52,6 +58,55 @@ class ScalarHead(nn.Module):
             dtype=jnp.float32, param_dtype=jnp.float32, name="head",
         )(hidden.astype(jnp.float32))[..., 0]
         return (logits, values) if self.with_logits else values
+
+
+class ClassifierHead(_OnTrunk):
+    """Class logits [batch, num_classes] (float32) from an encoder trunk (BERT, RoBERTa).
+
+    Each row must hold one example (no packing): 'first' pools its first position (BERT's
+    [CLS]) through BERT's pooler, dense + tanh; 'mean' averages the positions whose
+    `encoder_segment_ids` are > 0 (all positions without segment ids). Dropout (BERT's, before
+    the classifier) applies when not `deterministic`. Parameters are `{'trunk', 'pooler'
+    ('first' only), 'classifier'}`; the trunk's MLM head is never built.
+    """
+
+    num_classes: int = 2
+    pooling: str = "first"
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, *args: Any, deterministic: bool = True, **kwargs: Any) -> jax.Array:
+        if self.pooling not in ("first", "mean"):
+            raise ValueError(f"pooling must be 'first' or 'mean', got {self.pooling!r}")
+        kwargs.pop("outputs", None)
+        hidden = self.trunk(*args, outputs="hidden", deterministic=deterministic, **kwargs)
+        hidden = hidden.astype(jnp.float32)
+        stddev = getattr(self.config, "init_stddev", 0.02)
+        if self.pooling == "first":
+            pooler = _dense(hidden.shape[-1], ("embed", "mlp"), stddev, "pooler")
+            pooled = jnp.tanh(pooler(hidden[:, 0]))
+        else:
+            segment_ids = kwargs.get("encoder_segment_ids", args[1] if len(args) > 1 else None)
+            pooled = _mean_over_segment(hidden, segment_ids)
+        pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
+        return _dense(self.num_classes, ("embed", None), stddev, "classifier")(pooled)
+
+
+def _dense(features: int, axes: tuple, stddev: float, name: str) -> nn.Dense:
+    """A float32 dense layer initialised as BERT's are (truncated normal, zero bias)."""
+    return nn.Dense(
+        features,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(stddev), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+        dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+
+
+def _mean_over_segment(hidden: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    """The mean of each row's non-padding states (segment id > 0)."""
+    if segment_ids is None:
+        return jnp.mean(hidden, axis=1)
+    weights = (segment_ids > 0).astype(hidden.dtype)[..., None]
+    return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
 def with_trunk(head_params: Any, trunk: Any) -> Any:

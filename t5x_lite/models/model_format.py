@@ -1,12 +1,12 @@
 """How a model reads its data: the one description training, scoring, decoding and export share.
 
 A `ModelFormat` says which architecture reads the batch (its feature layout), the special ids
-(pad, eos, unk, bos), how a decoder row starts (a BOS, or T5's shift-right `decoder_start_id`),
-and whether a decoder-only model attends bidirectionally over an inputs prefix (T5's prefix
-LM) or causally. It lives in the model's config (`DecoderConfig.format`,
-`EncoderDecoderConfig.format`), so it is saved with the run's `config.gin`, with `convert`'s
-`model_config.json` / `model.gin`, and travels wherever the model goes. Nothing else decides
-these facts: ask `of(model)`.
+(pad, eos, unk, bos, and an MLM's mask), how a decoder row starts (a BOS, or T5's shift-right
+`decoder_start_id`), and whether a decoder-only model attends bidirectionally over an inputs
+prefix (T5's prefix LM) or causally. It lives in the model's config (`DecoderConfig.format`,
+`EncoderDecoderConfig.format`, `EncoderConfig.format`), so it is saved with the run's
+`config.gin`, with `convert`'s `model_config.json` / `model.gin`, and travels wherever the
+model goes. Nothing else decides these facts: ask `of(model)`.
 
 Rows start the way training rows start, everywhere. A decoder row of targets t1..tn is read as
 [start, t1, ..., tn-1] and predicts [t1, ..., tn]; `start` is `bos_id` when the model has one
@@ -21,7 +21,8 @@ import numpy as np
 
 from t5x_lite.errors import InputError
 
-ARCHITECTURES = ("decoder", "encoder_decoder")
+ARCHITECTURES = ("decoder", "encoder_decoder", "encoder")
+_IDS = ("pad_id", "eos_id", "unk_id", "bos_id", "decoder_start_id", "mask_id")
 INPUTS_ATTENTION = ("causal", "bidirectional")
 
 
@@ -32,6 +33,8 @@ class ModelFormat:
     `architecture` is filled in by `of(model)` from the model class; leave it unset in gin.
     `inputs_attention` applies to a decoder-only model's inputs prefix (prefix LM, scoring
     and decoding prompts); an encoder-decoder's encoder always reads bidirectionally.
+    `mask_id` is the token a masked-LM objective writes over the positions it hides (BERT's
+    [MASK]); only an encoder-only model reads it.
     """
 
     pad_id: int = 0
@@ -41,6 +44,7 @@ class ModelFormat:
     decoder_start_id: int = 0
     inputs_attention: str = "causal"
     architecture: str | None = None
+    mask_id: int | None = None
 
     def __post_init__(self):
         if self.inputs_attention not in INPUTS_ATTENTION:
@@ -49,7 +53,7 @@ class ModelFormat:
         if self.architecture is not None and self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got "
                              f"{self.architecture!r}")
-        for name in ("pad_id", "eos_id", "unk_id", "bos_id", "decoder_start_id"):
+        for name in _IDS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -57,6 +61,11 @@ class ModelFormat:
     @property
     def encoder_decoder(self) -> bool:
         return self.architecture == "encoder_decoder"
+
+    @property
+    def encoder_only(self) -> bool:
+        """An encoder without a decoder (BERT, RoBERTa): it reads rows, it does not generate."""
+        return self.architecture == "encoder"
 
     @property
     def start_id(self) -> int:
@@ -72,7 +81,7 @@ class ModelFormat:
 
     def check_ids(self, vocab_size: int) -> None:
         """Every special id must be a row of the embedding table."""
-        for name in ("pad_id", "eos_id", "unk_id", "bos_id", "decoder_start_id"):
+        for name in _IDS:
             value = getattr(self, name)
             if value is not None and value >= vocab_size:
                 raise ValueError(f"format.{name}={value} is not below vocab_size={vocab_size}")
@@ -110,6 +119,8 @@ def check_vocabulary(fmt: ModelFormat, vocabulary) -> None:
 def max_positions(model) -> int | None:
     """How many positions the model can read, when a learned position table bounds it."""
     cfg = model.config
+    if getattr(model, "architecture", None) == "encoder":  # always learned, maybe offset
+        return cfg.max_length - cfg.position_offset
     return cfg.max_length if getattr(cfg, "position_embedding", None) == "learned" else None
 
 
