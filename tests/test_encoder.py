@@ -1,14 +1,13 @@
 """Encoder-only LM (BERT, RoBERTa): packing isolation, mesh invariance, the classifier head,
 the zoo's parameter counts, and logits equal to transformers' for the same weights."""
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from packing import pack
-from t5x_lite import config, metrics, partitioning
+from t5x_lite import partitioning
 from t5x_lite.interop import hf_bert
 from t5x_lite.models import encoder, heads, model_format
 
@@ -133,39 +132,11 @@ def test_classifier_head_pools_each_row(pooling):
                                atol=1e-5)
 
 
-# ------------------------------------------------------------------- the zoo's parameter counts
-WIRING = """from __gin__ import dynamic_registration
-import t5x_lite.metrics as metrics
-metrics.parameter_counts.model = %MODEL"""
-
-# Published (Devlin et al. 2019; Liu et al. 2019) and transformers' *ForMaskedLM totals (tied
-# decoder counted once; RoBERTa's has one 768/1024-wide token-type row, which we fold away).
-# BERT large's "340M" is a rounding: the released architecture has 335.2M (-1.4%).
-ZOO = {
-    "bert_base": (110e6, 0.01, 109_514_298),
-    "bert_large": (340e6, 0.015, 335_174_458),
-    "roberta_base": (125e6, 0.01, 124_697_433 - 768),
-    "roberta_large": (355e6, 0.01, 355_412_057 - 1024),
-}
-
-
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_parameter_count_matches_the_publication(name):
-    config.GinConfig([f"models/{name}.gin"], [WIRING])
-    try:
-        counts = gin.get_configurable(metrics.parameter_counts)()
-    finally:
-        gin.clear_config(clear_constants=True)
-    published, tolerance, transformers_count = ZOO[name]
-    assert counts["total"] == pytest.approx(published, rel=tolerance)
-    assert counts["total"] == transformers_count
-
-
 # ------------------------------------------------------------------ parity with transformers
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_logits_match_transformers(kind):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch  # test extras (setup.py): the parity test never skips
+    import transformers
     sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=48, hidden_act="gelu", hidden_dropout_prob=0.0,
                  attention_probs_dropout_prob=0.0)

@@ -137,8 +137,6 @@ def test_word_ids_start_a_word_at_the_chunk_edge():
 
 
 def test_masked_lm_options_are_checked():
-    with pytest.raises(NotImplementedError, match="next_sentence"):
-        objectives.MaskedLM(next_sentence=True)
     with pytest.raises(ValueError, match="mask_rate"):
         objectives.MaskedLM(mask_rate=0.0)
     with pytest.raises(ValueError, match="sum to at most 1"):

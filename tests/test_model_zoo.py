@@ -26,6 +26,20 @@ PUBLISHED = {
     "gpt3_13b": (13e9, 0.02),
     "gpt3_175b": (175e9, 0.02),
     "llama_7b": (6.74e9, 0.01),
+    # Devlin et al. 2019 and Liu et al. 2019. BERT large's "340M" is a rounding: the released
+    # architecture has 335.2M (-1.4%).
+    "bert_base": (110e6, 0.01),
+    "bert_large": (340e6, 0.015),
+    "roberta_base": (125e6, 0.01),
+    "roberta_large": (355e6, 0.01),
+}
+# transformers' *ForMaskedLM totals (tied decoder counted once). RoBERTa's has one unused
+# token-type row (768 / 1,024 wide), which ours folds into the position table.
+TRANSFORMERS_TOTALS = {
+    "bert_base": 109_514_298,
+    "bert_large": 335_174_458,
+    "roberta_base": 124_697_433 - 768,
+    "roberta_large": 355_412_057 - 1024,
 }
 
 
@@ -39,3 +53,4 @@ def test_parameter_count_matches_the_publication(name):
     expected, tolerance = PUBLISHED[name]
     assert counts["total"] == pytest.approx(expected, rel=tolerance)
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    assert counts["total"] == TRANSFORMERS_TOTALS.get(name, counts["total"])

@@ -407,7 +407,7 @@ class MaskedLM:
     The mask id has one source: the model's `ModelFormat.mask_id`, which the pipeline binds
     here (with the vocabulary's EOS, its random-replacement ids and word starts); set
     `mask_id` by hand only to call the objective directly. Next-sentence prediction is not
-    implemented: RoBERTa (Liu et al. 2019, section 4.2) found that dropping it matches or
+    offered: RoBERTa (Liu et al. 2019, section 4.2) found that dropping it matches or
     improves downstream results. Documents are cut on their own by default and packed, so
     no example spans two documents (RoBERTa's slightly better DOC-SENTENCES, with packing
     keeping rows full).
@@ -418,7 +418,6 @@ class MaskedLM:
     random_token_rate: float = 0.1
     max_predictions: int | None = None
     whole_word: bool = False
-    next_sentence: bool = False
     concatenate_documents: bool = False
     eos_id: int = 1
     mask_id: int | None = None
@@ -427,10 +426,6 @@ class MaskedLM:
     word_starts: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        if self.next_sentence:
-            raise NotImplementedError(
-                "MaskedLM(next_sentence=True): next-sentence prediction is not implemented; "
-                "RoBERTa (Liu et al. 2019, section 4.2) trains without it")
         if not 0.0 < self.mask_rate <= 1.0:
             raise ValueError(f"mask_rate must be in (0, 1], got {self.mask_rate}")
         rates = (self.mask_token_rate, self.random_token_rate)
