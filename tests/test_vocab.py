@@ -152,3 +152,31 @@ def test_explicit_model_is_loaded_or_named_when_missing(vocab, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.model"):
         vocab_lib.get_or_train_vocabulary(str(tmp_path), sentencepiece_model=missing)
     assert not os.path.exists(tmp_path / "vocab")  # Nothing trained instead.
+
+
+def test_threads_share_a_fresh_vocabulary(vocab):
+    """grain's prefetch threads encode with one Vocabulary; its lazily built processor for text
+    after a sentinel must never be seen half-built (CI once failed: "Model is not initialized")."""
+    import threading
+
+    text = "Return the <extra_id_0> of x <extra_id_1> and y."
+    expected = vocab.encode(text)
+    failures = []
+    for _ in range(20):
+        fresh = vocab_lib.Vocabulary.from_serialized(vocab.sentencepiece_model, vocab.model_path)
+        start = threading.Barrier(8)
+
+        def encode(fresh=fresh, start=start):
+            start.wait()
+            try:
+                if fresh.encode(text) != expected:
+                    failures.append("different ids")
+            except RuntimeError as error:
+                failures.append(str(error))
+
+        threads = [threading.Thread(target=encode) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[:3]

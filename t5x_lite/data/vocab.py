@@ -75,8 +75,11 @@ class Vocabulary:
 
             model = sentencepiece_model_pb2.ModelProto.FromString(self._model_proto)
             model.normalizer_spec.add_dummy_prefix = False
-            self._sp_continuation = sentencepiece.SentencePieceProcessor()
-            self._sp_continuation.LoadFromSerializedProto(model.SerializeToString())
+            continuation = sentencepiece.SentencePieceProcessor()
+            continuation.LoadFromSerializedProto(model.SerializeToString())
+            # Published only once loaded: grain's prefetch threads share this object, and
+            # one that saw a half-built processor failed with "Model is not initialized".
+            self._sp_continuation = continuation
         return self._sp_continuation
 
     def __getstate__(self) -> dict:
