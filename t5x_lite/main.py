@@ -74,11 +74,13 @@ MIXTURE_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.data.tasks.listing as listing
 listing.mixture_lines.data = %INSTRUCTION_DATA"""
 # Training jobs: (module, function, argument check run before gin builds data and models).
-# Each is configured by its run file (runs/pretrain.gin, runs/reward_model.gin, runs/dpo.gin,
-# runs/ppo.gin), with the same flags, errors, operative config and resume behaviour.
+# Each is configured by its run file (runs/pretrain_*.gin, runs/reward_model.gin, runs/dpo.gin,
+# runs/ppo.gin, runs/classifier.gin), with the same flags, errors, operative config and resume
+# behaviour.
 TRAINING_JOBS = {
     "train": ("t5x_lite.train_loop", "train", "check_arguments"),
     "train_reward": ("t5x_lite.rlhf.reward_model", "train_reward", "check_arguments"),
+    "train_classifier": ("t5x_lite.classification", "train_classifier", "check_arguments"),
     "dpo": ("t5x_lite.rlhf.dpo", "train_dpo", None),
     "ppo": ("t5x_lite.rlhf.ppo", "train_ppo", None),
 }
@@ -118,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         "tasks": "list the registered instruction tasks, clusters and mixtures",
         "mixture": "print each task of the INSTRUCTION_DATA mixture: examples, rate, share",
         "train_reward": "train a reward model on ranked comparisons (runs/reward_model.gin)",
+        "train_classifier": "fine-tune an encoder's classifier head on an instruction task's "
+                            "labels (runs/classifier.gin)",
         "dpo": "fine-tune a policy with DPO / cDPO / IPO on comparisons (runs/dpo.gin)",
         "ppo": "optimise a policy with PPO (or PPO-ptx) against a reward model (runs/ppo.gin)",
         "best_of_n": "sample n responses per --input prompt, keep the reward model's best "

@@ -27,7 +27,7 @@ from t5x_lite.data import instruction_pipeline
 from t5x_lite.data.tasks import formats as formats_lib
 from t5x_lite.data.tasks import task as task_lib
 from t5x_lite.errors import InputError
-from t5x_lite.models import model_format
+from t5x_lite.models import heads, model_format
 
 METRIC_NAMES = {"rank_classification": "accuracy", "exact_match": "exact_match", "f1": "f1",
                 "bleu": "bleu", "rouge": "rougeLsum"}
@@ -42,7 +42,8 @@ def render_cases(task, split: str, vocabulary, eos_id: int, *, data_dir=None,
                  fmt: formats_lib.Format = formats_lib.ZERO_SHOT, max_examples: int = 200,
                  max_inputs_length: int = 512, seed: int = 0) -> list[dict]:
     """The split's first `max_examples` usable examples in every evaluation template, as
-    {example, template, inputs (ids), targets (ids), references, options (ids), correct}."""
+    {example, template, inputs (ids), targets (ids), references, and for classification
+    options (ids), option_names, correct}."""
     records = task.records(split, data_dir)
     train = task.records("train", data_dir) if fmt.shots else ()
     count = lambda text: len(vocabulary.encode(text))
@@ -79,6 +80,7 @@ def _render_case(task, example, fmt, template, exemplars, count, vocabulary, eos
                 task, {**example, "answer": option}, fmt, template)[1], eos_id)[1]
             for option in example["options"]]
         case["correct"] = task_lib.correct_options(example)
+        case["option_names"] = list(example["options"])
     return case
 
 
@@ -90,6 +92,17 @@ def _classify(module, params, cases, batch_size, mesh, rules, length_normalize):
         mesh=mesh, rules=rules)
     hits = [p in set(c["correct"]) for p, c in zip(result["predictions"], cases)]
     return [100.0 * h for h in hits]
+
+
+def _classify_with_head(head, params, cases, batch_size, mesh, rules):
+    """A fine-tuned classifier's hits: its likeliest label is one of the case's answers."""
+    from t5x_lite import classification  # it renders its training data here: imported late
+
+    logits = classification.predict(head, params, [c["inputs"] for c in cases],
+                                    batch_size=batch_size, mesh=mesh, rules=rules)
+    picks = [head.labels[i] for i in np.argmax(logits, axis=-1)]
+    return [100.0 * (pick in {c["option_names"][j] for j in c["correct"]})
+            for pick, c in zip(picks, cases)]
 
 
 def _generate(module, prepared, cases, vocabulary, batch_size, max_new_tokens, mesh, rules):
@@ -132,7 +145,9 @@ def evaluate_task(module, params, prepared, task, vocabulary, *, batch_size: int
     cases = [case for _, case in flat]
     scores: dict[tuple[str, int], list[float]] = {}
     if task.metric == "rank_classification":
-        hits = _classify(module, params, cases, batch_size, mesh, rules, length_normalize)
+        hits = (_classify_with_head(module, params, cases, batch_size, mesh, rules)
+                if isinstance(module, heads.ClassifierHead) else
+                _classify(module, params, cases, batch_size, mesh, rules, length_normalize))
         for (split, case), hit in zip(flat, hits):
             scores.setdefault((split, case["template"]), []).append(hit)
         table = {key: float(np.mean(v)) for key, v in scores.items()}
@@ -246,7 +261,11 @@ def run(*, model, vocabulary, model_dir: str, tasks=None, cluster: str | None = 
     (default MODEL_DIR/task_eval)."""
     from t5x_lite import inference, partitioning
 
+    from t5x_lite import classification  # imports this module: imported late
+
     names = task_names_for(tasks, cluster, mixture)
+    head = classification.read_head(model, model_dir, names)  # a fine-tuned classifier's run
+    model = model if head is None else head
     fmt = formats_lib.Format(f"{shots}_shot", shots=shots, with_options=with_options,
                              instructions=instructions)
     rules = logical_axis_rules or partitioning.DEFAULT_RULES

@@ -159,6 +159,14 @@ def test_mixture_of_mixtures_weights_by_sub_rate_times_share():
     assert shares["c"] == pytest.approx(3000 / (2 + 3000 + 7))
 
 
+def test_a_task_name_is_the_mixture_of_that_task_alone():
+    mixture = mixtures.get("word_valence")
+    assert mixture.task_names() == ["word_valence"]
+    assert mixture.shares(lambda name: 17) == {"word_valence": 1.0}
+    with pytest.raises(KeyError, match="no mixture or task named 'no_such'"):
+        mixtures.get("no_such")
+
+
 def test_held_out_splits_follow_flans_rules():
     table = {"nli": ["rte", "snli"], "paraphrase": ["mrpc", "qqp"], "sentiment": ["sst2", "imdb"],
              "reading_comprehension": ["squad", "boolq"], "commonsense": ["copa", "piqa"],

@@ -67,17 +67,22 @@ class ClassifierHead(_OnTrunk):
     [CLS]) through BERT's pooler, dense + tanh; 'mean' averages the positions whose
     `encoder_segment_ids` are > 0 (all positions without segment ids). Dropout (BERT's, before
     the classifier) applies when not `deterministic`. Parameters are `{'trunk', 'pooler'
-    ('first' only), 'classifier'}`; the trunk's MLM head is never built.
+    ('first' only), 'classifier'}`; the trunk's MLM head is never built. `labels` names the
+    classes in order when known (a fine-tuned classifier's, classification.py), so the
+    head carries what its outputs mean.
     """
 
     num_classes: int = 2
     pooling: str = "first"
     dropout_rate: float = 0.0
+    labels: tuple[str, ...] = ()
 
     @nn.compact
     def __call__(self, *args: Any, deterministic: bool = True, **kwargs: Any) -> jax.Array:
         if self.pooling not in ("first", "mean"):
             raise ValueError(f"pooling must be 'first' or 'mean', got {self.pooling!r}")
+        if self.labels and len(self.labels) != self.num_classes:
+            raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
         kwargs.pop("outputs", None)
         hidden = self.trunk(*args, outputs="hidden", deterministic=deterministic, **kwargs)
         hidden = hidden.astype(jnp.float32)

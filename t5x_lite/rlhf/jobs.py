@@ -96,7 +96,10 @@ def _abstract(module: nn.Module, example_features: Mapping[str, Any], mesh, rule
 
 
 def example_features(module: nn.Module, prompt_length: int = 2, response_length: int = 2):
-    """Features of a one-row (prompt, response) batch: what a module is initialised on."""
+    """Features of a one-row (prompt, response) batch: what a module is initialised on (an
+    encoder-only model reads them as one row)."""
+    if model_format.of(module).encoder_only:
+        return {"encoder_input_tokens": np.ones((1, prompt_length + response_length), np.int32)}
     rows = sequences.build(model_format.of(module), np.ones((1, prompt_length), np.int32),
                            [1], np.ones((1, response_length), np.int32), [1])
     return rows.features

@@ -168,10 +168,13 @@ def register(mixture: Mixture) -> Mixture:
 
 
 def get(name: str, rate: Callable[[int], float] | None = None) -> Mixture:
-    """The registered mixture `name`; `rate` replaces its rate function (e.g. another cap)."""
-    task_lib.names()  # task modules register their mixtures too
+    """The registered mixture `name`, or a task's name as the mixture of that task alone
+    (tuning on one task); `rate` replaces its rate function (e.g. another cap)."""
+    tasks = task_lib.names()  # task modules register their mixtures too
+    if name not in _MIXTURES and name in tasks:
+        return Mixture(name, (name,), rate or ExamplesProportional())
     if name not in _MIXTURES:
-        raise KeyError(f"no mixture named {name!r}; registered: {sorted(_MIXTURES)}")
+        raise KeyError(f"no mixture or task named {name!r}; mixtures: {sorted(_MIXTURES)}")
     mixture = _MIXTURES[name]
     return mixture if rate is None else dataclasses.replace(mixture, rate=rate)
 
