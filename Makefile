@@ -48,7 +48,8 @@ memorization: $(VENV)/.installed
 
 # Encoder-only (BERT classifier head) vs decoder-only vs encoder-decoder (rank classification
 # after instruction tuning) on one task of the embedded suite (experiments/architectures/):
-# about 20 minutes on 2 CPU cores, less when make demo's runs exist.
+# about 30 minutes on 2 CPU cores once the three pretraining runs exist (make demo's and
+# quickstart/bert_mlm.gin's; pretrained first if missing).
 architectures: $(VENV)/.installed
 	$(BIN)/python experiments/architectures/run.py
 
