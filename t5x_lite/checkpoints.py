@@ -100,6 +100,10 @@ class Checkpointer:
             ),
         )
 
+    def would_save(self, step: int, *, force: bool = False) -> bool:
+        """Whether `save(step, ..., force=force)` would write a checkpoint now."""
+        return force or self.manager.should_save(step)
+
     def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:

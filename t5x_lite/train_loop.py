@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 import tqdm
 from etils import epath
@@ -106,13 +107,18 @@ class Run:
                         desc="train")
         last: dict[str, Any] = {}
         good_step = start_step if start_step else None
+        watch = FiniteWatch()
         window_start, window_steps = time.perf_counter(), 0
         try:
             for step in range(start_step, schedule.train_steps):
                 state, step_metrics = step_fn(state, next_batch())
                 done, window_steps = step + 1, window_steps + 1
-                _check_finite(step_metrics, done, good_step, self.model_dir)
+                watch.update(step_metrics, done)
                 bar.update(1)
+                final = done == schedule.train_steps
+                if (done % schedule.log_every == 0 or final or done % schedule.eval_every == 0
+                        or self.checkpointer.would_save(done, force=final)):
+                    watch.check(good_step, self.model_dir)  # never log or save past a NaN
                 if done % schedule.log_every == 0 or done == schedule.train_steps:
                     step_time = (time.perf_counter() - window_start) / window_steps
                     values = {f"train/{k}": float(v)
@@ -145,18 +151,45 @@ class Run:
         return last
 
 
-def _check_finite(step_metrics, step: int, good_step: int | None, model_dir) -> None:
-    """The loss and every model's parameter norm (PPO: `value_param_norm` too): a few
-    scalars per step, and a NaN never reaches a checkpoint."""
-    names = [k for k in step_metrics if k == "loss" or k.endswith("param_norm")]
-    values = jax.device_get([step_metrics[k] for k in names])
-    for name, value in zip(names, values):
-        if not math.isfinite(float(value)):
+class FiniteWatch:
+    """Watches the loss and every model's parameter norm (PPO: `value_param_norm` too) on
+    the device: each step folds them into a record of the first step where one was not finite
+    (one small asynchronous op, no transfer), and the host reads that record only when it
+    logs, evaluates or saves, so the loop never waits for a step to finish; a NaN still
+    never reaches a checkpoint or the log, and the error names the exact step."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.record = None  # (first bad step or 0, index into names, its value)
+
+    def update(self, step_metrics: Mapping[str, jax.Array], step: int) -> None:
+        self.names = [k for k in step_metrics if k == "loss" or k.endswith("param_norm")]
+        if self.record is None:
+            self.record = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                           jnp.zeros((), jnp.float32))
+        self.record = _fold_finite(self.record, [step_metrics[k] for k in self.names], step)
+
+    def check(self, good_step: int | None, model_dir) -> None:
+        if self.record is None:
+            return
+        step, index, value = (x.item() for x in jax.device_get(self.record))
+        if step:
+            name = self.names[index]
             what = "loss" if name == "loss" else f"{name} (parameter norm) after the update"
             kept = (f"The last good checkpoint is step {good_step} in {model_dir}."
                     if good_step is not None else "No checkpoint was saved.")
-            raise NonFiniteLossError(f"{what} is {float(value)} at step {step}; training "
+            raise NonFiniteLossError(f"{what} is {value} at step {step}; training "
                                      f"stopped. {kept}")
+
+
+@jax.jit
+def _fold_finite(record, values, step):
+    values = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
+    bad = ~jnp.isfinite(values)
+    index = jnp.argmax(bad).astype(jnp.int32)
+    first = (record[0] == 0) & jnp.any(bad)
+    return (jnp.where(first, jnp.asarray(step, jnp.int32), record[0]),
+            jnp.where(first, index, record[1]), jnp.where(first, values[index], record[2]))
 
 
 def _eval_line(step: int, last: Mapping[str, Any], eval_values: Mapping[str, float]) -> str:
@@ -166,6 +199,8 @@ def _eval_line(step: int, last: Mapping[str, Any], eval_values: Mapping[str, flo
     line += f"eval loss {eval_values['eval/loss']:.4f}"
     if "eval/perplexity" in eval_values:
         line += f" | eval perplexity {eval_values['eval/perplexity']:.2f}"
+    if "eval/accuracy" in eval_values:
+        line += f" | eval accuracy {eval_values['eval/accuracy']:.4f}"
     return line
 
 
@@ -197,6 +232,7 @@ def train(
     label_smoothing: float = 0.0,
     z_loss: float = 1e-4,
     num_microbatches: int = 1,
+    loss_chunk_size: int | str | None = "auto",
     peak_flops_per_device: float | None = None,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
@@ -208,7 +244,8 @@ def train(
     format (`config.format`, models/model_format.py), shared with scoring and decoding.
     `data_shards` (DATA_SHARDS) is how many independent record streams make up each global
     batch (partitioning.batch_pieces): fixed, the run's data is the same on any mesh and any
-    number of hosts; None, one per host's batch shard.
+    number of hosts; None, one per host's batch shard. `loss_chunk_size` computes the logits
+    that many positions at a time (losses.py; 'auto': for vocabularies of 32,000 or more).
     `init_from`, a params-only checkpoint (e.g. from `t5x-lite convert`) or a model directory
     (`initial_params`), gives a new run its initial parameters; it is ignored once
     `model_dir` has a checkpoint to resume from. `train_data` may also be an instruction
@@ -225,6 +262,7 @@ def train(
         model, optimizer(learning_rate=learning_rate), learning_rate, mesh, logical_axis_rules,
         batch_shapes=converters.batch_shapes(fmt, feature_lengths, batch_size),
         label_smoothing=label_smoothing, z_loss=z_loss, num_microbatches=num_microbatches,
+        loss_chunk_size=loss_chunk_size,
     )
     divisor = partitioning.batch_divisor(mesh, trainer.rules)
     if batch_size % divisor:

@@ -65,23 +65,31 @@ class TokenCrossEntropy:
 
     denominator = "tokens"
 
-    def __init__(self, label_smoothing: float = 0.0, z_loss: float = 0.0):
+    def __init__(self, label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 chunk_size: int | None = None):
         self.label_smoothing = label_smoothing
         self.z_loss = z_loss
+        self.chunk_size = chunk_size  # positions per chunk of logits (losses.py); None: whole
 
     def init_inputs(self, module, batch: Batch) -> dict[str, jax.Array]:
         return model_inputs(batch)
 
     def sums(self, module, params, batch, dropout_rng):
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-        logits = module.apply(
-            {"params": params}, **model_inputs(batch), deterministic=dropout_rng is None, rngs=rngs
-        )
+        variables = {"params": params}
         targets, weights = targets_and_weights(batch)
-        token_loss, z_term = losses.cross_entropy_with_logits(
-            logits, targets, label_smoothing=self.label_smoothing, z_loss=self.z_loss
-        )
-        correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+        settings = dict(label_smoothing=self.label_smoothing, z_loss=self.z_loss)
+        if self.chunk_size:
+            states = module.apply(variables, **model_inputs(batch), outputs="hidden",
+                                  deterministic=dropout_rng is None, rngs=rngs)
+            project = lambda s: module.apply(variables, s, method="project")
+            token_loss, z_term, correct = losses.chunked_token_losses(
+                project, states, targets, chunk_size=self.chunk_size, **settings)
+        else:
+            logits = module.apply(variables, **model_inputs(batch),
+                                  deterministic=dropout_rng is None, rngs=rngs)
+            token_loss, z_term, correct = losses.token_losses(logits, targets, **settings)
+        correct = correct.astype(jnp.float32)
         sums = {
             "loss": jnp.sum(token_loss * weights),
             "z_loss": jnp.sum(z_term * weights),
@@ -103,7 +111,8 @@ class TokenCrossEntropy:
 
 class Trainer:
     """Builds the sharded train state and the compiled train and eval steps for one model and
-    one loss (default: `TokenCrossEntropy(label_smoothing, z_loss)`)."""
+    one loss (default: `TokenCrossEntropy(label_smoothing, z_loss, loss_chunk_size)`; 'auto'
+    chunks the logits of large vocabularies, losses.default_chunk_size)."""
 
     def __init__(
         self,
@@ -117,10 +126,15 @@ class Trainer:
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         num_microbatches: int = 1,
+        loss_chunk_size: int | str | None = "auto",
         loss=None,
     ):
         self.module = module
-        self.loss = loss or TokenCrossEntropy(label_smoothing, z_loss)
+        if loss is None:
+            if loss_chunk_size == "auto":
+                loss_chunk_size = losses.default_chunk_size(module.config.vocab_size)
+            loss = TokenCrossEntropy(label_smoothing, z_loss, loss_chunk_size)
+        self.loss = loss
         if self.loss.denominator is None and num_microbatches != 1:
             raise ValueError(f"{type(self.loss).__name__} is a mean over its batch: it cannot "
                              "be accumulated over microbatches")

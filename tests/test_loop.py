@@ -87,3 +87,23 @@ def test_a_non_finite_loss_stops_the_job_and_names_the_good_checkpoint(tmp_path)
         run_job(tmp_path, 12, breaks_at_step_6)
     saved = {p.name for p in (tmp_path / "checkpoints").iterdir()}
     assert "4" in saved and "6" not in saved  # a NaN never reaches a checkpoint
+
+
+def test_the_loop_reads_device_values_only_when_it_logs_evaluates_or_saves(tmp_path,
+                                                                          monkeypatch):
+    """No per-step `device_get`: the NaN watch folds each step's loss on the device and is
+    read with the log (steps 2, 4, 6, 8 here: evaluations and saves fall on them too)."""
+    reads = []
+    real_get = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda x: reads.append(x) or real_get(x))
+    counted = []
+
+    def counting_step(state, batch):
+        counted.append(len(reads))
+        return step(state, batch)
+
+    run_job(tmp_path, 8, counting_step)
+    # between[i]: reads after step i + 1. Step 1 is saved (orbax keeps a first checkpoint),
+    # steps 2, 4, 6 log (the NaN record, then the metrics); steps 3, 5, 7 read nothing.
+    between = [b - a for a, b in zip(counted, counted[1:])]
+    assert between[2::2] == [0, 0, 0] and all(between[:2] + between[3::2]), between

@@ -51,6 +51,9 @@ def parse_args():
     parser.add_argument("--remat", default="none", help="t5x_lite remat_policy")
     parser.add_argument("--dtype", default="float32", help="t5x_lite activation dtype")
     parser.add_argument("--skip_torch", action="store_true", help="skip the transformers run")
+    parser.add_argument("--loss_chunk_size", default="auto",
+                        help="positions of logits per chunk of the loss ('auto': 256 for this "
+                             "32,128-token vocabulary; 'none': whole)")
     return parser.parse_args()
 
 
@@ -79,7 +82,12 @@ def time_steps(step, steps: int) -> tuple[float, float]:
     return first, statistics.median(times)
 
 
-def bench_t5x(args, batch_np):
+def chunk_setting(value: str):
+    named = {"auto": "auto", "none": None}
+    return named[value] if value in named else int(value)
+
+
+def make_trainer(args, loss_chunk_size):
     config = DecoderConfig(
         vocab_size=VOCAB, embed_dim=EMBED, num_layers=LAYERS, num_heads=HEADS,
         head_dim=HEAD_DIM, mlp_dim=MLP, tie_embeddings=True, embedding_init_stddev=0.02,
@@ -88,11 +96,32 @@ def bench_t5x(args, batch_np):
     schedule = optimizers.constant(LEARNING_RATE)
     mesh = partitioning.make_mesh((1, 1, 1))
     model = DecoderLM(config)  # a plain causal LM: no prefix-LM feature
-    trainer = trainer_lib.Trainer(
+    return trainer_lib.Trainer(
         model, optimizers.adamw(schedule), schedule, mesh, partitioning.DEFAULT_RULES,
         batch_shapes=feature_converters.batch_shapes(
             model_format.of(model), {"targets": args.seq_len}, args.batch_size),
+        loss_chunk_size=loss_chunk_size,
     )
+
+
+def step_memory(args, batch_np) -> dict[str, dict[str, float]]:
+    """XLA's memory analysis of the compiled train step (MiB), whole vs chunked loss: the
+    arguments (state + batch), and the temporaries (activations, logits, gradients)."""
+    report = {}
+    for name, chunk in (("whole logits", None), ("chunked loss (256)", 256)):
+        trainer = make_trainer(args, chunk)
+        state = trainer.abstract_state_with_shardings()
+        batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
+                 for k, v in batch_np.items()}
+        with trainer._context():
+            analysis = trainer._train_step.lower(state, batch).compile().memory_analysis()
+        report[name] = {"arguments": analysis.argument_size_in_bytes / 2**20,
+                        "temporaries": analysis.temp_size_in_bytes / 2**20}
+    return report
+
+
+def bench_t5x(args, batch_np):
+    trainer = make_trainer(args, chunk_setting(args.loss_chunk_size))
     state = trainer.create_state(seed=0)
     batch = pipeline.global_batch(batch_np, trainer.batch_sharding)
     params = metrics.count_params(state.params)
@@ -110,7 +139,7 @@ def bench_t5x(args, batch_np):
 
     first, median = time_steps(step, args.steps)
     loss = float(holder["metrics"]["loss"])
-    return params, flops, first, median, loss
+    return params, flops, first, median, loss, trainer.loss.chunk_size
 
 
 def bench_torch(args, batch_np):
@@ -157,7 +186,7 @@ def main():
           f"{args.steps} timed steps, remat={args.remat}, dtype={args.dtype}")
     batch_np = make_batch(args.batch_size, args.seq_len)
 
-    params, flops, first, step_s, loss = bench_t5x(args, batch_np)
+    params, flops, first, step_s, loss, chunk = bench_t5x(args, batch_np)
     peak = metrics.measure_cpu_peak_flops()
     print(f"\nmeasured CPU peak (2048^3 f32 matmul): {peak / 1e12:.4f} TFLOP/s")
     print(f"\n== t5x_lite DecoderLM (decoder_50m.gin), Trainer.train_step")
@@ -168,6 +197,10 @@ def main():
     print(f"tokens/s:              {tokens / step_s:,.0f}")
     print(f"achieved:              {flops / step_s / 1e12:.4f} TFLOP/s")
     print(f"MFU:                   {flops / step_s / peak:.1%}")
+    print(f"loss chunk size:       {chunk or 'none (whole logits)'}")
+    for name, sizes in step_memory(args, batch_np).items():
+        print(f"step memory, {name + ':':<19} temporaries {sizes['temporaries']:,.0f} MiB, "
+              f"arguments {sizes['arguments']:,.0f} MiB (XLA memory analysis)")
 
     if args.skip_torch:
         print("\n== transformers comparison skipped (--skip_torch)")

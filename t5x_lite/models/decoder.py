@@ -119,7 +119,8 @@ class DecoderLM(nn.Module):
     say where each example's tokens go. `logits_at` ([batch] or [batch, k] indices) computes
     the output layer (and returns hidden states) at those positions only: [batch, 1 or k, ...]. `outputs` picks what is returned:
     'logits', 'hidden' (the final-normed states [batch, length, embed]; the output layer is
-    then never built, as a reward model's trunk needs) or 'both' (logits, hidden).
+    then never built, as a reward model's trunk needs) or 'both' (logits, hidden); `project`
+    applies the output layer to such states.
     """
 
     config: DecoderConfig
@@ -138,11 +139,18 @@ class DecoderLM(nn.Module):
         deterministic: bool = True,
         logits_at: jax.Array | None = None,
         outputs: str = "logits",
+        final_states: jax.Array | None = None,
         **unused_features: Any,
     ) -> jax.Array:
         cfg = self.config
         layers.check_outputs(outputs)
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        embed = layers.token_embedder(
+            cfg.vocab_size, cfg.embed_dim, stddev=cfg.embedding_init_stddev,
+            dtype=dtype, param_dtype=param_dtype,
+        )
+        if final_states is not None:  # `project`: the output layer alone
+            return self._logits(embed, final_states)
         batch, length = decoder_input_tokens.shape
         if decoder_positions is None:
             decoder_positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
@@ -158,10 +166,6 @@ class DecoderLM(nn.Module):
                 bidirectional_prefix=decoder_causal_attention,
             )
 
-        embed = layers.token_embedder(
-            cfg.vocab_size, cfg.embed_dim, stddev=cfg.embedding_init_stddev,
-            dtype=dtype, param_dtype=param_dtype,
-        )
         x = embed(decoder_input_tokens)
         if cfg.position_embedding == "learned":
             x = x + layers.token_embedder(
@@ -189,12 +193,22 @@ class DecoderLM(nn.Module):
         hidden = layers.constrain(x, ("batch", "length", "embed"))
         if outputs == "hidden":
             return hidden
+        logits = self._logits(embed, hidden)
+        return (logits, hidden) if outputs == "both" else logits
+
+    def _logits(self, embed: nn.Embed, hidden: jax.Array) -> jax.Array:
+        cfg = self.config
         if cfg.tie_embeddings:
-            logits = layers.tied_logits(embed, x)
+            logits = layers.tied_logits(embed, hidden)
         else:
             logits = layers.dense(
-                cfg.vocab_size, ("embed", "vocab"), dtype=dtype, param_dtype=param_dtype,
-                features_first=self.decode is not None, name="lm_head",
-            )(x)
-        logits = layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-        return (logits, hidden) if outputs == "both" else logits
+                cfg.vocab_size, ("embed", "vocab"), dtype=jnp.dtype(cfg.dtype),
+                param_dtype=jnp.dtype(cfg.param_dtype), features_first=self.decode is not None,
+                name="lm_head",
+            )(hidden)
+        return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def project(self, final_states: jax.Array) -> jax.Array:
+        """The output layer alone: float32 logits of final states (`outputs='hidden'`), so a
+        loss can compute them a chunk at a time (losses.chunked_cross_entropy)."""
+        return self(None, final_states=final_states)

@@ -173,14 +173,17 @@ class EncoderLM(nn.Module):
         *,
         deterministic: bool = True,
         outputs: str = "logits",
+        final_states: jax.Array | None = None,
         **unused_features: Any,
     ):
         cfg = self.config
         layers.check_outputs(outputs)
+        embed = _embedder(cfg, cfg.vocab_size, "token_embed")
+        if final_states is not None:  # `project`: the output layer alone
+            return self._logits(embed, final_states)
         length = encoder_input_tokens.shape[1]
         mask = layers.attention_mask(encoder_segment_ids, encoder_segment_ids, causal=False,
                                      query_length=length, key_length=length)
-        embed = _embedder(cfg, cfg.vocab_size, "token_embed")
         x = self._embed(embed, encoder_input_tokens, encoder_positions, encoder_token_types,
                         deterministic)
         x = stacking.stack_blocks(EncoderBlock, cfg, cfg.num_layers, cfg.scan_layers,
@@ -191,12 +194,20 @@ class EncoderLM(nn.Module):
         hidden = layers.constrain(x, ("batch", "length", "embed"))
         if outputs == "hidden":
             return hidden
-        if cfg.mlm_head:
-            logits = MlmHead(cfg, name="mlm_head")(hidden, embed)
+        logits = self._logits(embed, hidden)
+        return (logits, hidden) if outputs == "both" else logits
+
+    def _logits(self, embed: nn.Embed, hidden: jax.Array) -> jax.Array:
+        if self.config.mlm_head:
+            logits = MlmHead(self.config, name="mlm_head")(hidden, embed)
         else:
             logits = layers.tied_logits(embed, hidden)
-        logits = layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
-        return (logits, hidden) if outputs == "both" else logits
+        return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def project(self, final_states: jax.Array) -> jax.Array:
+        """The output layer (MLM head) alone: float32 logits of final states, so a loss can
+        compute them a chunk at a time (losses.chunked_cross_entropy)."""
+        return self(None, final_states=final_states)
 
     def _embed(self, embed, tokens, positions, token_types, deterministic):
         """Word + position (+ token type) embeddings; BERT normalises their sum."""

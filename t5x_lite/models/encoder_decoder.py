@@ -253,12 +253,18 @@ class EncoderDecoder(nn.Module):
                          encoder_segment_ids, deterministic)
         if outputs == "hidden":
             return y
-        if self.config.tie_embeddings:
-            logits = layers.tied_logits(self.token_embed, y) / np.sqrt(self.config.embed_dim)
-        else:
-            logits = self.lm_head(y)
-        logits = layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        logits = self.project(y)
         return (logits, y) if outputs == "both" else logits
+
+    def project(self, final_states: jax.Array) -> jax.Array:
+        """The output layer alone: float32 logits of the decoder's final states, so a loss
+        can compute them a chunk at a time (losses.chunked_cross_entropy)."""
+        if self.config.tie_embeddings:
+            logits = layers.tied_logits(self.token_embed, final_states) / np.sqrt(
+                self.config.embed_dim)
+        else:
+            logits = self.lm_head(final_states)
+        return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
 
     def __call__(
         self,
