@@ -60,7 +60,15 @@ def write_jsonl_atomically(path: str, records: Iterable[dict]) -> None:
 
 def load(model, model_dir: str):
     """Params of `model` from MODEL_DIR: the newest training checkpoint, else an import."""
+    from t5x_lite import classification  # imports this module: imported late
     from t5x_lite.interop import convert  # the loader knows both layouts
+    from t5x_lite.models import heads
+
+    marker = paths.as_path(model_dir) / classification.HEAD_CONFIG
+    if not isinstance(model, heads.ClassifierHead) and marker.exists():
+        raise InputError(f"{model_dir} holds a fine-tuned classifier, not a language model: "
+                         "evaluate it with `t5x-lite eval --tasks=TASK` (its task is in "
+                         f"{marker})")
 
     _, params = convert.load_model(model_dir, model)
     return params

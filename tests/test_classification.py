@@ -125,8 +125,12 @@ def test_eval_reports_the_classifiers_accuracy(classifier_run, vocabulary, capsy
     assert "| movie_review_sentiment |" in capsys.readouterr().out
 
 
-def test_a_classifier_run_refuses_another_task(classifier_run, capsys):
+def test_a_classifier_run_refuses_another_task(classifier_run, capsys, tmp_path):
     model_dir, flags = classifier_run
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "a line"}\n')
+    assert main(["embed", *flags, f"--input={texts}", f"--output={tmp_path / 'e.npy'}"]) == 2
+    assert "holds a fine-tuned classifier" in capsys.readouterr().err
     assert main(["eval", *flags, "--tasks=word_valence"]) == 2
     assert "--tasks=movie_review_sentiment" in capsys.readouterr().err
     assert main(["train_classifier", *flags, "--gin.TASK='word_similarity'",

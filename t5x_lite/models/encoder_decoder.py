@@ -156,6 +156,11 @@ def _default_positions(tokens, positions):
 
 
 class Encoder(nn.Module):
+    """T5's encoder stack. Its relative position bias (one table for all layers) is built once
+    per batch from row indices, [1, heads, q, k], as T5X builds it: inside a packed segment,
+    positions advance with the index, so every pair that may attend has the same relative
+    position either way, and pairs across segments are masked."""
+
     config: EncoderDecoderConfig
 
     @nn.compact
@@ -164,11 +169,12 @@ class Encoder(nn.Module):
         length = embedded.shape[1]
         mask = layers.attention_mask(segment_ids, segment_ids, causal=False,
                                      query_length=length, key_length=length)
+        indices = jnp.arange(length)[None]  # see the class docstring: [1, heads, q, k]
         bias = position_encodings.RelativePositionBias(
             cfg.num_heads, cfg.relative_attention_num_buckets,
             cfg.relative_attention_max_distance, bidirectional=True,
             dtype=jnp.dtype(cfg.dtype), name="relpos_bias",
-        )(positions, positions)
+        )(indices, indices)
         x = _dropout(cfg, embedded, deterministic)
         x = stacking.stack_blocks(EncoderLayer, cfg, cfg.num_encoder_layers, cfg.scan_layers,
                                 cfg.remat_policy, num_args=2, deterministic=deterministic)(
@@ -186,12 +192,12 @@ class Decoder(nn.Module):
                  deterministic: bool):
         cfg = self.config
         length, encoded_length = embedded.shape[1], encoded.shape[1]
-        key_positions = positions
+        query_positions = key_positions = jnp.arange(length)[None]  # see the Encoder's bias
         if self.decode == "step" and not self.is_initializing():
             # A cached step: queries see the cache slots up to their own position.
             self_mask = kv_cache.step_mask(positions, self.max_decode_length)
-            key_positions = jnp.broadcast_to(jnp.arange(self.max_decode_length),
-                                             (positions.shape[0], self.max_decode_length))
+            query_positions = positions
+            key_positions = jnp.arange(self.max_decode_length)[None]
         else:
             self_mask = layers.attention_mask(segment_ids, segment_ids, causal=True,
                                               query_length=length, key_length=length)
@@ -205,7 +211,7 @@ class Decoder(nn.Module):
             cfg.num_heads, cfg.relative_attention_num_buckets,
             cfg.relative_attention_max_distance, bidirectional=False,
             dtype=jnp.dtype(cfg.dtype), name="relpos_bias",
-        )(positions, key_positions)
+        )(query_positions, key_positions)
         y = _dropout(cfg, embedded, deterministic)
         y = stacking.stack_blocks(DecoderLayer, cfg, cfg.num_decoder_layers, cfg.scan_layers,
                                 cfg.remat_policy, num_args=5, deterministic=deterministic,
