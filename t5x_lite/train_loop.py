@@ -201,6 +201,8 @@ def _eval_line(step: int, last: Mapping[str, Any], eval_values: Mapping[str, flo
         line += f" | eval perplexity {eval_values['eval/perplexity']:.2f}"
     if "eval/accuracy" in eval_values:
         line += f" | eval accuracy {eval_values['eval/accuracy']:.4f}"
+    if "eval/next_sentence_accuracy" in eval_values:
+        line += f" | eval NSP accuracy {eval_values['eval/next_sentence_accuracy']:.4f}"
     return line
 
 
@@ -257,10 +259,12 @@ def train(
     fmt = model_format.of(model)
     converters.check_layout(fmt.architecture, feature_lengths)
     _check_model_reads(model, vocabulary, feature_lengths)
+    sentence_pairs = _check_next_sentence(model, objective)
     mesh = partitioning.make_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
     trainer = Trainer(
         model, optimizer(learning_rate=learning_rate), learning_rate, mesh, logical_axis_rules,
-        batch_shapes=converters.batch_shapes(fmt, feature_lengths, batch_size),
+        batch_shapes=converters.batch_shapes(fmt, feature_lengths, batch_size,
+                                             sentence_pairs=sentence_pairs),
         label_smoothing=label_smoothing, z_loss=z_loss, num_microbatches=num_microbatches,
         loss_chunk_size=loss_chunk_size,
     )
@@ -352,6 +356,18 @@ def _check_model_reads(model, vocabulary, feature_lengths) -> None:
     if limit is not None and longest > limit:
         raise InputError(f"feature length {longest} (TASK_FEATURE_LENGTHS) exceeds the "
                          f"model's learned position table (max_length={limit})")
+
+
+def _check_next_sentence(model, objective) -> bool:
+    """Whether the run trains BERT's next-sentence prediction: the objective's pairs and the
+    model's head come together or not at all."""
+    pairs = bool(getattr(objective, "next_sentence", False))
+    head = bool(getattr(model.config, "next_sentence_head", False))
+    if pairs != head:
+        raise InputError(
+            f"MaskedLM.next_sentence={pairs} but EncoderConfig.next_sentence_head={head}: "
+            "next-sentence prediction needs both the sentence pairs and the model's head")
+    return pairs
 
 
 def evaluate(trainer: Trainer, params, eval_dataset) -> dict[str, float]:

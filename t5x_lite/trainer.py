@@ -21,11 +21,13 @@ import optax
 from jax.sharding import Mesh
 
 from t5x_lite import losses, partitioning
+from t5x_lite.data import feature_converters as converters
 
 Batch = Mapping[str, jax.Array]
 # (targets, loss weights) of each layout; none of them is a model input.
 TARGET_PAIRS = (("decoder_target_tokens", "decoder_loss_weights"),
-                ("encoder_target_tokens", "encoder_loss_weights"))
+                ("encoder_target_tokens", "encoder_loss_weights"),
+                converters.NEXT_SENTENCE_TARGETS)
 TARGET_FEATURES = tuple(name for pair in TARGET_PAIRS for name in pair)
 
 
@@ -77,26 +79,35 @@ class TokenCrossEntropy:
     def sums(self, module, params, batch, dropout_rng):
         rngs = None if dropout_rng is None else {"dropout": dropout_rng}
         variables = {"params": params}
-        targets, weights = targets_and_weights(batch)
-        settings = dict(label_smoothing=self.label_smoothing, z_loss=self.z_loss)
         if self.chunk_size:
             states = module.apply(variables, **model_inputs(batch), outputs="hidden",
                                   deterministic=dropout_rng is None, rngs=rngs)
+            sums = self.token_sums(module, variables, batch, states=states)
+        else:
+            logits = module.apply(variables, **model_inputs(batch),
+                                  deterministic=dropout_rng is None, rngs=rngs)
+            sums = self.token_sums(module, variables, batch, logits=logits)
+        return sums["loss"], sums
+
+    def token_sums(self, module, variables, batch, *, states=None, logits=None):
+        """Summed loss, z-loss, correct tokens and target tokens from the logits, or from
+        the final states a chunk of positions at a time (`chunk_size`)."""
+        targets, weights = targets_and_weights(batch)
+        settings = dict(label_smoothing=self.label_smoothing, z_loss=self.z_loss)
+        if logits is None and self.chunk_size:
             project = lambda s: module.apply(variables, s, method="project")
             token_loss, z_term, correct = losses.chunked_token_losses(
                 project, states, targets, chunk_size=self.chunk_size, **settings)
         else:
-            logits = module.apply(variables, **model_inputs(batch),
-                                  deterministic=dropout_rng is None, rngs=rngs)
+            if logits is None:
+                logits = module.apply(variables, states, method="project")
             token_loss, z_term, correct = losses.token_losses(logits, targets, **settings)
-        correct = correct.astype(jnp.float32)
-        sums = {
+        return {
             "loss": jnp.sum(token_loss * weights),
             "z_loss": jnp.sum(z_term * weights),
-            "correct": jnp.sum(correct * weights),
+            "correct": jnp.sum(correct.astype(jnp.float32) * weights),
             "tokens": jnp.sum(weights),
         }
-        return sums["loss"], sums
 
     @staticmethod
     def normalise(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -107,6 +118,45 @@ class TokenCrossEntropy:
             "accuracy": sums["correct"] / tokens,
             "target_tokens": sums["tokens"],
         }
+
+
+class MaskedLMAndNextSentence(TokenCrossEntropy):
+    """BERT's pretraining loss: the mean masked-LM loss over the selected tokens plus the
+    mean next-sentence loss over the sentence pairs (Devlin et al. 2019, appendix A.2: "the
+    sum of the mean masked LM likelihood and the mean next sentence prediction
+    likelihood"). Both means are over the whole batch, so the loss is a mean (no
+    microbatches). Logged: `loss` (the masked LM's, as without NSP), `next_sentence_loss`,
+    `next_sentence_accuracy` and `pretraining_loss` (their sum, the one minimised)."""
+
+    denominator = None
+
+    def sums(self, module, params, batch, dropout_rng):
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        variables = {"params": params}
+        states = module.apply(variables, **model_inputs(batch), outputs="hidden",
+                              deterministic=dropout_rng is None, rngs=rngs)
+        sums = self.token_sums(module, variables, batch, states=states)
+        logits = module.apply(variables, states, method="next_sentence_logits")
+        labels_name, weights_name = converters.NEXT_SENTENCE_TARGETS
+        labels, weights = batch[labels_name], batch[weights_name].astype(jnp.float32)
+        pair_loss, _ = losses.cross_entropy_with_logits(logits, labels)
+        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        sums.update(next_sentence_loss=jnp.sum(pair_loss * weights),
+                    next_sentence_correct=jnp.sum(correct * weights), pairs=jnp.sum(weights))
+        return self.normalise(sums)["pretraining_loss"], sums
+
+    @staticmethod
+    def normalise(sums: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        metrics = {**TokenCrossEntropy.normalise(sums), **next_sentence_metrics(sums)}
+        metrics["pretraining_loss"] = metrics["loss"] + metrics["next_sentence_loss"]
+        return metrics
+
+
+def next_sentence_metrics(sums: Mapping[str, Any]) -> dict[str, Any]:
+    """Mean next-sentence loss and accuracy over the pairs of summed metrics."""
+    pairs = jnp.maximum(sums["pairs"], 1.0)
+    return {"next_sentence_loss": sums["next_sentence_loss"] / pairs,
+            "next_sentence_accuracy": sums["next_sentence_correct"] / pairs}
 
 
 class Trainer:
@@ -133,7 +183,9 @@ class Trainer:
         if loss is None:
             if loss_chunk_size == "auto":
                 loss_chunk_size = losses.default_chunk_size(module.config.vocab_size)
-            loss = TokenCrossEntropy(label_smoothing, z_loss, loss_chunk_size)
+            pairs = converters.NEXT_SENTENCE_TARGETS[0] in batch_shapes
+            loss = (MaskedLMAndNextSentence if pairs else TokenCrossEntropy)(
+                label_smoothing, z_loss, loss_chunk_size)
         self.loss = loss
         if self.loss.denominator is None and num_microbatches != 1:
             raise ValueError(f"{type(self.loss).__name__} is a mean over its batch: it cannot "
@@ -282,13 +334,16 @@ def summarize_eval(sums: Mapping[str, float]) -> dict[str, float]:
     perplexity, accuracy, and the z-loss term on its own."""
     tokens = max(float(sums["tokens"]), 1.0)
     cross_entropy = (float(sums["loss"]) - float(sums["z_loss"])) / tokens
-    return {
+    summary = {
         "loss": cross_entropy,
         "perplexity": float(np.exp(cross_entropy)),
         "accuracy": float(sums["correct"]) / tokens,
         "z_loss": float(sums["z_loss"]) / tokens,
         "target_tokens": tokens,
     }
+    if "pairs" in sums:  # BERT's next-sentence prediction (MaskedLMAndNextSentence)
+        summary.update({k: float(v) for k, v in next_sentence_metrics(sums).items()})
+    return summary
 
 
 @functools.lru_cache(maxsize=8)

@@ -161,6 +161,36 @@ def test_export(kind, overrides, tmp_path):
     outputs_match(hf_model.eval(), module, params)
 
 
+def test_bert_for_pretraining_round_trip(tmp_path):
+    """BertForPreTraining imports with its next-sentence head (pooler + seq_relationship)
+    and exports back: MLM logits and the NSP logits at the first position match
+    transformers' both ways."""
+    hf_model = _randomize(transformers.BertForPreTraining(
+        transformers.BertConfig(**HF_SIZES, max_position_embeddings=40))).eval()
+    hf_model.save_pretrained(str(tmp_path / "hf"))
+    convert.import_hf(str(tmp_path / "hf"), str(tmp_path / "ours"))
+    module, params = interop.load_model(str(tmp_path / "ours"))
+    assert module.config.next_sentence_head and module.config.mlm_head
+    convert.export_hf(str(tmp_path / "ours"), str(tmp_path / "back"))
+    exported = transformers.AutoModelForPreTraining.from_pretrained(str(tmp_path / "back"))
+    assert type(exported) is transformers.BertForPreTraining
+    tokens, mask, types = _batch(0)
+    inputs = dict(input_ids=torch.tensor(tokens, dtype=torch.long),
+                  attention_mask=torch.tensor(mask, dtype=torch.long),
+                  token_type_ids=torch.tensor(types, dtype=torch.long))
+    logits, hidden = module.apply({"params": params}, tokens, mask, None, types, outputs="both")
+    pairs = module.apply({"params": params}, hidden, method="next_sentence_logits")[:, 0]
+    real = mask.astype(bool)
+    for reference in (hf_model, exported.eval()):
+        with torch.no_grad():
+            out = reference(**inputs)
+        np.testing.assert_allclose(np.asarray(logits)[real],
+                                   out.prediction_logits.numpy()[real], atol=ATOL)
+        ref_pairs = out.seq_relationship_logits.numpy()
+        assert np.abs(ref_pairs).max() > 0.05
+        np.testing.assert_allclose(np.asarray(pairs), ref_pairs, atol=ATOL)
+
+
 def test_export_refuses_what_transformers_cannot_express():
     roberta = dict(OUR_SIZES, max_length=42, type_vocab_size=0, position_offset=2)
     with pytest.raises(NotImplementedError, match="pad_token_id \\+ 1"):

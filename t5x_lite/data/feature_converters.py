@@ -16,6 +16,8 @@ Three layouts (`ModelFormat.architecture`):
                    aligned `inputs` (corrupted) and `targets` (original) of one length, loss
                    on the positions the objective `selected` (`MaskedLM`), never read off the
                    token values: a selected token may be kept or replaced by a random one.
+                   With next-sentence prediction (`sentence_pairs`), also BERT's token types
+                   and a next-sentence label where each pair starts (data/next_sentence.py).
 
 `feature_lengths` follow T5X's TASK_FEATURE_LENGTHS: {'targets': L} for a decoder-only LM (a
 prefix-LM's inputs and targets share those L positions), {'inputs': Li, 'targets': Lt} for an
@@ -28,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from t5x_lite.data import next_sentence as nsp
 from t5x_lite.data.objectives import autoregressive_inputs
 from t5x_lite.models.model_format import ModelFormat
 
@@ -36,6 +39,9 @@ LAYOUTS = {"decoder": {"targets"}, "encoder_decoder": {"inputs", "targets"},
            "encoder": {"inputs"}}
 # What an encoder-layout example must hold: aligned token rows and the loss selection.
 ENCODER_FEATURES = ("inputs", "targets", "selected")
+# The batch features of BERT's next-sentence prediction: a model input and two targets.
+TOKEN_TYPES = "encoder_token_types"
+NEXT_SENTENCE_TARGETS = ("encoder_next_sentence_labels", "encoder_next_sentence_weights")
 
 
 def check_layout(layout: str, feature_lengths: Mapping[str, int]) -> None:
@@ -47,9 +53,11 @@ def check_layout(layout: str, feature_lengths: Mapping[str, int]) -> None:
                          f"got {dict(feature_lengths)}")
 
 
-def packing_lengths(layout: str, feature_lengths: Mapping[str, int]) -> dict[str, int]:
+def packing_lengths(layout: str, feature_lengths: Mapping[str, int], *,
+                    sentence_pairs: bool = False) -> dict[str, int]:
     if layout == "encoder":
-        return dict.fromkeys(ENCODER_FEATURES, feature_lengths["inputs"])
+        names = ENCODER_FEATURES + (nsp.PAIR_FEATURES if sentence_pairs else ())
+        return dict.fromkeys(names, feature_lengths["inputs"])
     if layout == "decoder":
         return {"targets": feature_lengths["targets"], "prefix": feature_lengths["targets"]}
     return {"inputs": feature_lengths["inputs"], "targets": feature_lengths["targets"]}
@@ -61,6 +69,7 @@ def to_packable(example: Mapping[str, np.ndarray], fmt: ModelFormat,
     layout, eos_id = fmt.architecture, fmt.eos_id
     targets = np.asarray(example["targets"], np.int32)
     inputs = example.get("inputs")
+    sentence_pairs = nsp.PAIR_FEATURES[0] in example
     if layout == "encoder" or "selected" in example:
         features = _encoder_packable(example, layout)
     elif layout == "decoder":
@@ -74,7 +83,7 @@ def to_packable(example: Mapping[str, np.ndarray], fmt: ModelFormat,
         if inputs is None or len(inputs) == 0:
             inputs = np.asarray([eos_id], np.int32)
         features = {"inputs": np.asarray(inputs, np.int32), "targets": targets}
-    lengths = packing_lengths(layout, feature_lengths)
+    lengths = packing_lengths(layout, feature_lengths, sentence_pairs=sentence_pairs)
     truncated = any(len(v) > lengths[k] for k, v in features.items())
     return {k: v[: lengths[k]] for k, v in features.items()}, truncated
 
@@ -82,11 +91,12 @@ def to_packable(example: Mapping[str, np.ndarray], fmt: ModelFormat,
 def _encoder_packable(example: Mapping[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
     """An encoder example's aligned rows; a masked-LM example in another layout, or another
     objective's in this one, is an error (its loss positions would be lost or missing)."""
-    if layout != "encoder" or set(example) != set(ENCODER_FEATURES):
+    names = set(ENCODER_FEATURES)
+    if layout != "encoder" or set(example) not in (names, names | set(nsp.PAIR_FEATURES)):
         raise ValueError(f"the encoder layout takes examples with {list(ENCODER_FEATURES)} "
                          f"(the MaskedLM objective) and MaskedLM needs an encoder model; got "
                          f"keys {sorted(example)} for a {layout} model")
-    features = {k: np.asarray(example[k], np.int32) for k in ENCODER_FEATURES}
+    features = {k: np.asarray(v, np.int32) for k, v in example.items()}
     if len({len(v) for v in features.values()}) != 1:
         raise ValueError(f"encoder inputs, targets and selected must be aligned, got lengths "
                          f"{ {k: len(v) for k, v in features.items()} }")
@@ -135,13 +145,18 @@ def encoder_features(packed: Mapping[str, np.ndarray], fmt: ModelFormat) -> dict
     del fmt  # the encoder reads its rows as they are: no start id, no shift
     segment_ids = packed["inputs_segment_ids"].astype(np.int32)
     selected = (packed["selected"] > 0) & (segment_ids > 0)
-    return {
+    features = {
         "encoder_input_tokens": packed["inputs"].astype(np.int32),
         "encoder_target_tokens": packed["targets"].astype(np.int32),
         "encoder_segment_ids": segment_ids,
         "encoder_positions": packed["inputs_positions"].astype(np.int32),
         "encoder_loss_weights": selected.astype(np.float32),
     }
+    if "next_sentence" in packed:
+        labels, weights = nsp.labels_and_weights(packed["next_sentence"] * (segment_ids > 0))
+        features[TOKEN_TYPES] = packed["token_types"].astype(np.int32)
+        features.update(zip(NEXT_SENTENCE_TARGETS, (labels, weights)))
+    return features
 
 
 def convert(packed, fmt: ModelFormat):
@@ -152,16 +167,22 @@ def convert(packed, fmt: ModelFormat):
     return encoder_decoder_features(packed, fmt)
 
 
-def batch_shapes(fmt: ModelFormat, feature_lengths: Mapping[str, int],
-                 batch_size: int) -> dict[str, tuple[tuple[int, int], Any]]:
+def batch_shapes(fmt: ModelFormat, feature_lengths: Mapping[str, int], batch_size: int, *,
+                 sentence_pairs: bool = False) -> dict[str, tuple[tuple[int, int], Any]]:
     """Global shapes and dtypes of a batch (to build the train state abstractly)."""
     layout = fmt.architecture
     check_layout(layout, feature_lengths)
     if layout == "encoder":
         row = (batch_size, feature_lengths["inputs"])
-        return {"encoder_input_tokens": (row, np.int32), "encoder_target_tokens": (row, np.int32),
-                "encoder_segment_ids": (row, np.int32), "encoder_positions": (row, np.int32),
-                "encoder_loss_weights": (row, np.float32)}
+        shapes = {"encoder_input_tokens": (row, np.int32),
+                  "encoder_target_tokens": (row, np.int32),
+                  "encoder_segment_ids": (row, np.int32), "encoder_positions": (row, np.int32),
+                  "encoder_loss_weights": (row, np.float32)}
+        if sentence_pairs:
+            labels, weights = NEXT_SENTENCE_TARGETS
+            shapes.update({TOKEN_TYPES: (row, np.int32), labels: (row, np.int32),
+                           weights: (row, np.float32)})
+        return shapes
     targets = (batch_size, feature_lengths["targets"])
     shapes = {
         "decoder_input_tokens": (targets, np.int32),

@@ -25,9 +25,12 @@ the model format's mask id and the vocabulary's random-replacement ids and word 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping
 
 import numpy as np
+
+from t5x_lite.data import next_sentence as nsp
 
 
 def causal_lm(tokens: np.ndarray, seed: int, *, eos_id: int = 1) -> dict[str, np.ndarray]:
@@ -406,11 +409,14 @@ class MaskedLM:
 
     The mask id has one source: the model's `ModelFormat.mask_id`, which the pipeline binds
     here (with the vocabulary's EOS, its random-replacement ids and word starts); set
-    `mask_id` by hand only to call the objective directly. Next-sentence prediction is not
-    offered: RoBERTa (Liu et al. 2019, section 4.2) found that dropping it matches or
-    improves downstream results. Documents are cut on their own by default and packed, so
-    no example spans two documents (RoBERTa's slightly better DOC-SENTENCES, with packing
-    keeping rows full).
+    `mask_id` by hand only to call the objective directly. Documents are cut on their own by
+    default and packed, so no example spans two documents (RoBERTa's slightly better
+    DOC-SENTENCES, with packing keeping rows full).
+
+    `next_sentence=True` adds BERT's next-sentence prediction (data/next_sentence.py): each
+    example is a sentence pair A EOS B EOS, B another document's half the time, called as
+    `objective(tokens, seed, other)`. Off by default, as RoBERTa (Liu et al. 2019, section
+    4.2) found that dropping it matches or improves downstream results.
     """
 
     mask_rate: float = 0.15
@@ -419,6 +425,7 @@ class MaskedLM:
     max_predictions: int | None = None
     whole_word: bool = False
     concatenate_documents: bool = False
+    next_sentence: bool = False
     eos_id: int = 1
     mask_id: int | None = None
     # Bound from the vocabulary by `bind` (derived, so not compared or shown).
@@ -432,10 +439,14 @@ class MaskedLM:
         if min(rates) < 0.0 or sum(rates) > 1.0:
             raise ValueError(f"mask_token_rate and random_token_rate must be >= 0 and sum to "
                              f"at most 1, got {rates}")
+        if self.next_sentence and self.concatenate_documents:
+            raise ValueError("MaskedLM(next_sentence=True) pairs a chunk with other documents: "
+                             "it needs concatenate_documents=False")
 
     def raw_length(self, feature_lengths: Mapping[str, int]) -> int:
-        """The encoder's length less one for EOS ({'inputs': L}, see feature_converters)."""
-        return feature_lengths["inputs"] - 1
+        """The encoder's length less one EOS ({'inputs': L}, see feature_converters), or
+        less two for a sentence pair's."""
+        return feature_lengths["inputs"] - (2 if self.next_sentence else 1)
 
     def bind(self, vocabulary, fmt=None) -> "MaskedLM":
         """This objective with the model format's mask id and the vocabulary's tables."""
@@ -453,16 +464,23 @@ class MaskedLM:
                              f"{vocabulary.vocab_size}")
         return dataclasses.replace(
             self, mask_id=mask_id, random_ids=random_token_ids(vocabulary, exclude=[mask_id]),
-            word_starts=word_start_table(vocabulary) if self.whole_word else None)
+            word_starts=(word_start_table(vocabulary)
+                         if self.whole_word or self.next_sentence else None))
 
-    def __call__(self, tokens, seed):
+    def __call__(self, tokens, seed, other=None):
         if self.mask_id is None or self.random_ids is None:
             raise ValueError("MaskedLM needs mask_id and random_ids (the pipeline binds them)")
         if self.whole_word and self.word_starts is None:
             raise ValueError("MaskedLM(whole_word=True) needs word_starts (bind it)")
-        return masked_lm(tokens, seed, mask_id=self.mask_id, random_ids=self.random_ids,
-                         eos_id=self.eos_id, mask_rate=self.mask_rate,
-                         mask_token_rate=self.mask_token_rate,
-                         random_token_rate=self.random_token_rate,
-                         max_predictions=self.max_predictions,
-                         word_starts=self.word_starts if self.whole_word else None)
+        corrupt = functools.partial(
+            masked_lm, seed=seed, mask_id=self.mask_id, random_ids=self.random_ids,
+            eos_id=self.eos_id, mask_rate=self.mask_rate, mask_token_rate=self.mask_token_rate,
+            random_token_rate=self.random_token_rate, max_predictions=self.max_predictions,
+            word_starts=self.word_starts if self.whole_word else None)
+        if not self.next_sentence:
+            return corrupt(tokens)
+        # The pair's cut and B's span draw from a seed of their own, so the corruption's
+        # draws are those of any chunk.
+        first, second, label = nsp.sentence_pair(
+            tokens, seed + 1, other, word_starts=self.word_starts)
+        return nsp.pair_row(first, second, label, corrupt, self.eos_id)

@@ -9,6 +9,8 @@
                                  (grain's ConcatThenSplitIterDataset; T5's
                                  reduce_concat_tokens + split_tokens)
           otherwise              each document cut on its own (`ChunkTokens`)
+          next-sentence pairs    each document cut on its own, each chunk paired with
+                                 another document half the time (next_sentence.py)
       → objective(tokens, seed)                     (pure; see objectives.py)
       → grain's FirstFitPackIterDataset              (segment ids + positions per row)
       → T5X feature names per architecture           (feature_converters.py)
@@ -42,6 +44,7 @@ import tensorflow_datasets as tfds
 
 from t5x_lite import paths
 from t5x_lite.data import feature_converters as converters
+from t5x_lite.data import next_sentence as nsp
 from t5x_lite.data import objectives, python_docs
 from t5x_lite.data import vocab as vocab_lib
 from t5x_lite.models.model_format import ModelFormat, check_vocabulary
@@ -91,7 +94,7 @@ class RecordStats:
     """Thread-safe counters of what the pipeline dropped or altered (reported as metrics)."""
 
     KEYS = ("records", "skipped_empty", "skipped_non_utf8", "skipped_malformed", "split_long",
-            "truncated", "skipped_by_preprocessor", "skipped_no_exemplar")
+            "truncated", "skipped_by_preprocessor", "skipped_no_exemplar", "skipped_short_pair")
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -260,24 +263,35 @@ def make_dataset(
     raw_length = objective.raw_length(feature_lengths)
     local_seed = shard_seed(seed, shard_index)
 
-    dataset = grain.MapDataset.source(config.source())[shard_index::shard_count]
+    records = grain.MapDataset.source(config.source())[shard_index::shard_count]
+    tokenize = functools.partial(tokenize_record, vocabulary=vocabulary,
+                                 text_feature=config.text_feature)
+    # Tokenizing before shuffling reads the same documents in the same order as after.
+    dataset = records.map(functools.partial(tokenize, stats=stats))
+    sentence_pairs = getattr(objective, "next_sentence", False)
+    if sentence_pairs:
+        dataset = dataset.map_with_index(nsp.tag_with_index)
     if shuffle:
         dataset = dataset.shuffle(seed=local_seed)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.map(functools.partial(
-        tokenize_record, vocabulary=vocabulary, text_feature=config.text_feature, stats=stats,
-    )).filter(lambda tokens: tokens is not None)
-    if getattr(objective, "concatenate_documents", False):
-        iter_dataset = concat_then_split(dataset.to_iter_dataset(), raw_length,
+    documents = dataset.filter(lambda document: document is not None).to_iter_dataset()
+    chunker = ChunkTokens(raw_length, max_chunks_per_document, stats)
+    if sentence_pairs:
+        # Other documents are looked up by index; their records were counted once already.
+        lookup = records.map(functools.partial(tokenize, stats=RecordStats()))
+        iter_dataset = nsp.pair_stream(documents, lookup, chunker, stats, seed=local_seed)
+    elif getattr(objective, "concatenate_documents", False):
+        iter_dataset = concat_then_split(documents, raw_length,
                                          max_chunks_per_document * raw_length, stats)
     else:
-        iter_dataset = grain.experimental.FlatMapIterDataset(
-            dataset.to_iter_dataset(), ChunkTokens(raw_length, max_chunks_per_document, stats))
+        iter_dataset = grain.experimental.FlatMapIterDataset(documents, chunker)
 
-    def apply_objective(tokens, rng: np.random.Generator):
+    def apply_objective(element, rng: np.random.Generator):
         # grain sets `rng` from (local_seed, the example's index in this shard's stream).
-        example = objective(tokens, int(rng.integers(2**31 - 1)))
+        seed = int(rng.integers(2**31 - 1))
+        example = (objective(element["tokens"], seed, element["other"]) if sentence_pairs
+                   else objective(element, seed))
         packable, truncated = converters.to_packable(example, fmt, feature_lengths)
         if truncated:
             stats.add("truncated")
@@ -285,7 +299,8 @@ def make_dataset(
 
     iter_dataset = iter_dataset.random_map(apply_objective, seed=local_seed)
     return pack_and_batch(iter_dataset, fmt, feature_lengths, local_batch, seed=local_seed,
-                          shuffle=shuffle, repeat=repeat, num_batches=num_batches), stats
+                          shuffle=shuffle, repeat=repeat, num_batches=num_batches,
+                          sentence_pairs=sentence_pairs), stats
 
 
 def shard_layout(batch_size: int, shard_index: int | None,
@@ -303,13 +318,15 @@ def shard_layout(batch_size: int, shard_index: int | None,
 
 def pack_and_batch(examples: grain.IterDataset, fmt: ModelFormat,
                    feature_lengths: Mapping[str, int], local_batch: int, *, seed: int,
-                   shuffle: bool, repeat: bool, num_batches: int | None) -> grain.IterDataset:
+                   shuffle: bool, repeat: bool, num_batches: int | None,
+                   sentence_pairs: bool = False) -> grain.IterDataset:
     """Packable examples (`converters.to_packable`'s) → packed rows → the model's features →
     batches of `local_batch` rows; finite data as a `PadToBatches` (see `make_dataset`)."""
     layout = fmt.architecture
     packed = grain.experimental.FirstFitPackIterDataset(
         examples,
-        length_struct=converters.packing_lengths(layout, feature_lengths),
+        length_struct=converters.packing_lengths(layout, feature_lengths,
+                                                 sentence_pairs=sentence_pairs),
         num_packing_bins=local_batch,
         seed=seed,
         shuffle_bins=shuffle,
@@ -322,7 +339,8 @@ def pack_and_batch(examples: grain.IterDataset, fmt: ModelFormat,
     batches = rows.batch(local_batch, batch_fn=functools.partial(
         grain.experimental.batch_and_pad, batch_size=local_batch))
     padding = {name: np.zeros(shape, dtype) for name, (shape, dtype)
-               in converters.batch_shapes(fmt, feature_lengths, local_batch).items()}
+               in converters.batch_shapes(fmt, feature_lengths, local_batch,
+                                          sentence_pairs=sentence_pairs).items()}
     return PadToBatches(batches, num_batches, padding)
 
 

@@ -5,11 +5,13 @@ learned absolute positions, an embedding LayerNorm, and a masked-LM head (dense,
 LayerNorm, logits off the tied word embeddings plus a bias). What maps to what:
 
 * `BertForMaskedLM` / `RobertaForMaskedLM` -> `EncoderLM` with `mlm_head=True`: logits match.
+* `BertForPreTraining` (MLM head + pooler + `cls.seq_relationship`) -> `mlm_head=True,
+  next_sentence_head=True`: the MLM logits match `prediction_logits` and
+  `next_sentence_logits` at the first position match `seq_relationship_logits`.
 * `BertModel` / `RobertaModel` (no MLM head in the checkpoint) -> `mlm_head=False`: the final
-  hidden states (`outputs='hidden'`) match `last_hidden_state`. The bare model's pooler
-  (`pooler.dense`, the tanh layer over [CLS]) has no place in an `EncoderLM` and is dropped
-  with a warning, as is a pretraining checkpoint's next-sentence head
-  (`cls.seq_relationship`); `heads.ClassifierHead(pooling='first')` starts a fresh pooler.
+  hidden states (`outputs='hidden'`) match `last_hidden_state`. A pooler (`pooler.dense`, the
+  tanh layer over [CLS]) without a next-sentence head has no place in an `EncoderLM` and is
+  dropped with a warning; `heads.ClassifierHead(pooling='first')` starts a fresh pooler.
   Exporting an `mlm_head=False` model writes a `BertModel` / `RobertaModel` without a pooler
   (transformers initialises one at random and says so).
 * The model type is fixed by our config: `position_offset=0` is BERT, `position_offset > 0`
@@ -52,9 +54,10 @@ ARCHITECTURES = {("bert", True): "BertForMaskedLM", ("bert", False): "BertModel"
 _HEADS = {"bert": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
                    "cls.predictions.bias", "cls.predictions.decoder"),
           "roberta": ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias", "lm_head.decoder")}
-# Tensors of other heads a checkpoint may carry, dropped with a warning.
-_DROPPED = ("pooler.dense.weight", "pooler.dense.bias", "cls.seq_relationship.weight",
-            "cls.seq_relationship.bias")
+# BERT's next-sentence head: the pooler (under the model's prefix) and the classifier.
+_NEXT_SENTENCE = {"pooler.dense": "pooler", "cls.seq_relationship": "classifier"}
+# Tensors of those heads, dropped with a warning when the model has no next-sentence head.
+_DROPPED = tuple(f"{name}.{kind}" for name in _NEXT_SENTENCE for kind in ("weight", "bias"))
 # Released vocabularies' ids (rule 3 of the module docstring); -1: the last id.
 _CONVENTIONS = {"bert": dict(pad_id=0, unk_id=100, bos_id=101, eos_id=102, mask_id=103),
                 "roberta": dict(bos_id=0, pad_id=1, eos_id=2, unk_id=3, mask_id=-1)}
@@ -113,7 +116,8 @@ def import_options(hf_dir: str, hf: Mapping[str, Any],
     whether the checkpoint holds an MLM head (a bare BertModel's does not)."""
     dense = _HEADS[hf["model_type"]][0]
     return {"special_tokens": mapping.tokenizer_special_ids(hf_dir),
-            "mlm_head": f"{dense}.weight" in tensors}
+            "mlm_head": f"{dense}.weight" in tensors,
+            "next_sentence_head": "cls.seq_relationship.weight" in tensors}
 
 
 def config_from_hf(hf: Mapping[str, Any], *, special_tokens: Mapping[str, int] | None = None,
@@ -171,6 +175,9 @@ def config_to_hf(cfg: encoder.EncoderConfig,
     if cfg.mlm_head and cfg.head_activation != head_act:
         raise NotImplementedError(f"head_activation={cfg.head_activation!r}: transformers' "
                                   f"{model_type} head applies {head_act!r}")
+    if cfg.next_sentence_head and (model_type != "bert" or not cfg.mlm_head):
+        raise NotImplementedError("a next-sentence head is exported as BertForPreTraining: "
+                                  "it needs BERT (position_offset=0) with its MLM head")
     if model_type == "roberta" and cfg.format.pad_id != cfg.position_offset - 1:
         raise NotImplementedError(
             f"position_offset={cfg.position_offset} with pad_id={cfg.format.pad_id}: RoBERTa "
@@ -182,7 +189,9 @@ def config_to_hf(cfg: encoder.EncoderConfig,
     hf.update({k: v for k, v in (base or {}).items() if k != "position_embedding_type"})
     hf.update(mapping.format_to_hf(cfg.format))
     hf.update(
-        model_type=model_type, architectures=[ARCHITECTURES[(model_type, cfg.mlm_head)]],
+        model_type=model_type,
+        architectures=["BertForPreTraining" if cfg.next_sentence_head
+                       else ARCHITECTURES[(model_type, cfg.mlm_head)]],
         vocab_size=cfg.vocab_size, hidden_size=cfg.embed_dim,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
         intermediate_size=cfg.mlp_dim, hidden_act=mapping.activation_to_hf(acts[0]),
@@ -227,6 +236,12 @@ def rules(cfg: encoder.EncoderConfig, model_type: str, prefix: str) -> list[Rule
                 Rule(f"{head_norm}.weight", head + ("transform_norm", "scale")),
                 Rule(f"{head_norm}.bias", head + ("transform_norm", "bias")),
                 Rule(bias, head + ("output_bias",))]
+    if cfg.next_sentence_head:
+        for name, ours in _NEXT_SENTENCE.items():
+            hf = prefix + name if name.startswith("pooler") else name
+            path = ("next_sentence_head", ours)
+            out += [Rule(f"{hf}.weight", path + ("kernel",), "linear"),
+                    Rule(f"{hf}.bias", path + ("bias",))]
     return out
 
 
@@ -255,7 +270,8 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], hf: Mapping[str, Any],
             raise NotImplementedError(f"{decoder}.weight differs from the word embeddings: an "
                                       "untied MLM decoder is not implemented")
         ignore.append(f"{decoder}.weight")
-    dropped = sorted(k for k in tensors if k.removeprefix(prefix) in _DROPPED)
+    dropped = sorted(k for k in tensors
+                     if k.removeprefix(prefix) in _DROPPED and not cfg.next_sentence_head)
     if dropped:
         logger.warning("dropping %s: an EncoderLM has no pooler or next-sentence head",
                        ", ".join(dropped))
@@ -265,7 +281,8 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], hf: Mapping[str, Any],
 
 def params_to_hf(params: Mapping, module: encoder.EncoderLM,
                  dtype=np.float32) -> dict[str, np.ndarray]:
-    """Our params -> a *ForMaskedLM state dict (a bare *Model's with `mlm_head=False`)."""
+    """Our params -> a *ForMaskedLM state dict (a bare *Model's with `mlm_head=False`, a
+    BertForPreTraining's with `next_sentence_head`)."""
     cfg = module.config
     model_type = model_type_of(cfg)
     prefix = f"{model_type}." if cfg.mlm_head else ""

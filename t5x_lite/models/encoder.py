@@ -46,6 +46,7 @@ class EncoderConfig:
     use_bias: bool = True
     post_norm: bool = True
     mlm_head: bool = True  # False: logits straight off the tied embeddings
+    next_sentence_head: bool = False  # BERT's pooler + NSP classifier (data/next_sentence.py)
     init_stddev: float = 0.02  # BERT's truncated normal for every weight
     dropout_rate: float = 0.0
     dtype: str = "float32"  # activations
@@ -152,12 +153,30 @@ class MlmHead(nn.Module):
         return logits + jnp.asarray(bias, jnp.float32)
 
 
+class NextSentenceHead(nn.Module):
+    """BERT's next-sentence classifier: the pooler (dense + tanh) then two logits (IsNext,
+    NotNext), float32, at every position; the loss reads them where a pair starts."""
+
+    config: EncoderConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        def dense(features, axes, name):
+            return layers.dense(features, axes, use_bias=True, kernel_init=cfg.kernel_init,
+                                dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
+                                name=name)
+        pooled = jnp.tanh(dense(cfg.embed_dim, ("embed", "mlp"), "pooler")(x))
+        return dense(2, ("mlp", None), "classifier")(pooled).astype(jnp.float32)
+
+
 class EncoderLM(nn.Module):
     """Bidirectional encoder returning float32 MLM logits [batch, length, vocab].
 
     `outputs` picks what is returned: 'logits', 'hidden' (the final states [batch, length,
     embed]; the MLM head is then never built, as a classifier's trunk needs) or 'both'
     (logits, hidden). Token types default to 0 and are ignored when `type_vocab_size=0`.
+    With `next_sentence_head`, `next_sentence_logits(hidden)` gives BERT's NSP logits.
     """
 
     config: EncoderConfig
@@ -174,10 +193,13 @@ class EncoderLM(nn.Module):
         deterministic: bool = True,
         outputs: str = "logits",
         final_states: jax.Array | None = None,
+        head: str = "mlm",
         **unused_features: Any,
     ):
         cfg = self.config
         layers.check_outputs(outputs)
+        if final_states is not None and head == "next_sentence":
+            return self._next_sentence(final_states)
         embed = _embedder(cfg, cfg.vocab_size, "token_embed")
         if final_states is not None:  # `project`: the output layer alone
             return self._logits(embed, final_states)
@@ -194,8 +216,20 @@ class EncoderLM(nn.Module):
         hidden = layers.constrain(x, ("batch", "length", "embed"))
         if outputs == "hidden":
             return hidden
+        if cfg.next_sentence_head and self.is_initializing():
+            self._next_sentence(hidden)  # its parameters; the loss calls it on its own
         logits = self._logits(embed, hidden)
         return (logits, hidden) if outputs == "both" else logits
+
+    def _next_sentence(self, hidden: jax.Array) -> jax.Array:
+        if not self.config.next_sentence_head:
+            raise ValueError("this encoder has no next-sentence head: set "
+                             "EncoderConfig.next_sentence_head = True")
+        return NextSentenceHead(self.config, name="next_sentence_head")(hidden)
+
+    def next_sentence_logits(self, final_states: jax.Array) -> jax.Array:
+        """BERT's NSP logits [batch, length, 2] of final states (read at a pair's start)."""
+        return self(None, final_states=final_states, head="next_sentence")
 
     def _logits(self, embed: nn.Embed, hidden: jax.Array) -> jax.Array:
         if self.config.mlm_head:
