@@ -274,6 +274,14 @@ class Trainer:
     def _loss_sums(self, params, batch, dropout_rng):
         return self.loss.sums(self.module, params, batch, dropout_rng)
 
+    def _microbatches(self, x: jax.Array) -> jax.Array:
+        """[batch, ...] → [microbatches, batch / microbatches, ...], microbatch m holding rows
+        m, m + M, m + 2M, ...: every data shard's contiguous block of rows gives each
+        microbatch rows it already holds, so slicing moves nothing between devices (a
+        contiguous split would gather each microbatch from a few shards)."""
+        count = self.num_microbatches
+        return jnp.swapaxes(x.reshape((-1, count) + x.shape[1:]), 0, 1)
+
     def _train_step_impl(self, state: TrainState, batch: Batch):
         dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grad_fn = jax.grad(self._loss_sums, has_aux=True)
@@ -281,9 +289,7 @@ class Trainer:
         if self.num_microbatches == 1:
             grads, sums = grad_fn(state.params, batch, dropout_rng)
         else:
-            micro = jax.tree.map(
-                lambda x: x.reshape((self.num_microbatches, -1) + x.shape[1:]), batch
-            )
+            micro = jax.tree.map(self._microbatches, batch)
 
             def accumulate(carry, inputs):
                 index, microbatch = inputs
