@@ -108,10 +108,13 @@ class Run:
         last: dict[str, Any] = {}
         good_step = start_step if start_step else None
         watch = FiniteWatch()
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, waited = time.perf_counter(), 0, 0.0
         try:
             for step in range(start_step, schedule.train_steps):
-                state, step_metrics = step_fn(state, next_batch())
+                asked = time.perf_counter()
+                batch = next_batch()
+                waited += time.perf_counter() - asked
+                state, step_metrics = step_fn(state, batch)
                 done, window_steps = step + 1, window_steps + 1
                 watch.update(step_metrics, done)
                 bar.update(1)
@@ -124,9 +127,11 @@ class Run:
                     values = {f"train/{k}": float(v)
                               for k, v in jax.device_get(dict(step_metrics)).items()}
                     values.update(perf(step_time) if perf else {})
+                    values["perf/input_wait_s"] = waited / window_steps
                     self.writer.write(done, values)
                     bar.set_postfix(loss=f"{values['train/loss']:.3f}")
                     last, window_start, window_steps = values, time.perf_counter(), 0
+                    waited = 0.0
                 if evaluate is not None and (done % schedule.eval_every == 0
                                              or done == schedule.train_steps):
                     eval_values = {f"eval/{k}": v for k, v in evaluate(state).items()}
@@ -235,6 +240,7 @@ def train(
     z_loss: float = 1e-4,
     num_microbatches: int = 1,
     loss_chunk_size: int | str | None = "auto",
+    prefetch_batches: int = 2,
     peak_flops_per_device: float | None = None,
     progress_bar: bool = True,
 ) -> dict[str, Any]:
@@ -248,6 +254,8 @@ def train(
     batch (partitioning.batch_pieces): fixed, the run's data is the same on any mesh and any
     number of hosts; None, one per host's batch shard. `loss_chunk_size` computes the logits
     that many positions at a time (losses.py; 'auto': for vocabularies of 32,000 or more).
+    `prefetch_batches` training batches are built ahead in a thread while the device steps
+    (0: none); `perf/input_wait_s` logs how long each step still waited for its batch.
     `init_from`, a params-only checkpoint (e.g. from `t5x-lite convert`) or a model directory
     (`initial_params`), gives a new run its initial parameters; it is ignored once
     `model_dir` has a checkpoint to resume from. `train_data` may also be an instruction
@@ -279,7 +287,8 @@ def train(
             config, vocabulary, pieces=pieces, num_pieces=num_pieces,
             feature_lengths=feature_lengths, batch_size=batch_size, objective=objective,
             model_format=fmt, seed=seed, shuffle=training, repeat=training,
-            num_batches=None if training else eval_batches)
+            num_batches=None if training else eval_batches,
+            prefetch_batches=prefetch_batches if training else 0)
 
     train_dataset, stats = dataset(train_data, training=True)
     train_iter = iter(train_dataset)

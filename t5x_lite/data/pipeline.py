@@ -346,10 +346,13 @@ def pack_and_batch(examples: grain.IterDataset, fmt: ModelFormat,
 
 def make_sharded_dataset(config: DatasetConfig, vocabulary: vocab_lib.Vocabulary, *,
                          pieces: Sequence[int], num_pieces: int, batch_size: int,
-                         stats: RecordStats | None = None, **kwargs):
+                         stats: RecordStats | None = None, prefetch_batches: int = 0,
+                         **kwargs):
     """This process's rows of each global batch: one `make_dataset` stream per batch piece it
     holds (`partitioning.batch_pieces`), zipped into one iterator (one checkpointable state)
-    and concatenated in piece order.
+    and concatenated in piece order. `prefetch_batches` > 0 builds that many batches ahead in
+    a thread (grain's ThreadPrefetchIterDataset, whose state is that of the last batch
+    handed out, so checkpoints are unchanged) while the device runs the step.
 
     A piece's records, seeds and packing depend on its index and `num_pieces` only, so the
     global batch is the same however many processes share the pieces: a 2-host run trains on
@@ -359,10 +362,12 @@ def make_sharded_dataset(config: DatasetConfig, vocabulary: vocab_lib.Vocabulary
     build = getattr(config, "make_dataset", None) or functools.partial(make_dataset, config)
     parts = [build(vocabulary, batch_size=batch_size, shard_index=piece,
                    shard_count=num_pieces, stats=stats, **kwargs)[0] for piece in pieces]
-    if len(parts) == 1:
-        return parts[0], stats
-    zipped = grain.experimental.ZipIterDataset(parts)
-    return zipped.map(_concatenate_rows), stats
+    dataset = (parts[0] if len(parts) == 1
+               else grain.experimental.ZipIterDataset(parts).map(_concatenate_rows))
+    if prefetch_batches:
+        dataset = grain.experimental.ThreadPrefetchIterDataset(
+            dataset, prefetch_buffer_size=prefetch_batches)
+    return dataset, stats
 
 
 def _concatenate_rows(batches) -> dict[str, np.ndarray]:
