@@ -94,7 +94,8 @@ def test_bad_records_are_skipped_and_counted(vocabulary):
     counts = stats.snapshot()
     assert counts == {"records": 7, "skipped_empty": 2, "skipped_non_utf8": 1,
                       "skipped_malformed": 1, "split_long": 1, "truncated": 0,
-                      "skipped_by_preprocessor": 0, "skipped_no_exemplar": 0}
+                      "skipped_by_preprocessor": 0, "skipped_no_exemplar": 0,
+                      "skipped_short_pair": 0}
     texts = " ".join(vocabulary.decode(r["decoder_target_tokens"][0]) for r in rows)
     assert "open() builtin" in texts and "already a str" in texts
     assert sum(int((r["decoder_segment_ids"] > 0).sum()) for r in rows) > 4 * 64 - 1
