@@ -191,6 +191,32 @@ def attention_mask(
     return None if mask is None else mask[:, None, :, :]
 
 
+# jax.nn.dot_product_attention's implementation per backend: cuDNN's fused (flash-attention)
+# kernel on a GPU, which takes 16-bit inputs only; XLA's elsewhere (CPU, TPU) and for float32.
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def attention_implementation(backend: str, dtype) -> str:
+    """'cudnn' for 16-bit attention on a GPU, else 'xla'."""
+    fused = backend in ("gpu", "cuda") and jnp.dtype(dtype) in FUSED_DTYPES
+    return "cudnn" if fused else "xla"
+
+
+def dot_product_attention(query, key, value, *, bias, mask, scale):
+    """`jax.nn.dot_product_attention` with the backend's implementation (segment and causal
+    masks and T5's bias are passed the same way to both). A shape, mask or device cuDNN
+    refuses while tracing falls back to XLA, so a model never fails for the kernel's sake."""
+    implementation = attention_implementation(jax.default_backend(), query.dtype)
+    if implementation == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
+                                                scale=scale, implementation="cudnn")
+        except (ValueError, NotImplementedError, TypeError, RuntimeError):
+            pass  # XLA's below: same result, unfused
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
+                                        implementation="xla")
+
+
 class Attention(nn.Module):
     """Multi-head attention with optional grouped-query heads (num_kv_heads < num_heads).
 
@@ -264,8 +290,8 @@ class Attention(nn.Module):
                 value = constrain(value, ("batch", "length", "heads", "kv"))
                 if bias is not None:
                     bias = bias.astype(self.dtype)
-                out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
-                                                   scale=scale)
+                out = dot_product_attention(query, key, value, bias=bias, mask=mask,
+                                            scale=scale)
         out = out_layer(constrain(out, ("batch", "length", "heads", "kv")))
         return nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(out, deterministic=deterministic)
 
