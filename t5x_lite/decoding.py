@@ -290,6 +290,7 @@ def decode(
     seeds: Sequence[int] | int = 0,
     mesh=None,
     logical_axis_rules=None,
+    quantize: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Generates continuations of `prompts` (decoder-only) or targets for `encoder_inputs`.
 
@@ -299,7 +300,8 @@ def decode(
     n = num_samples (sampling, greedy) or beam_size (beam search, best first); tokens after
     EOS are the format's pad id. `stop_at_eos=False` always generates `max_new_tokens`
     (benchmarks). `params` are the trained ones (converted on every call) or
-    `prepare_params(module, params)`. With a `mesh` (and the training rules), activations and
+    `prepare_params(module, params, quantize)`; `quantize='int8'` decodes with int8 weights
+    (models/quantization.py; greedy tokens may then differ from float32's). With a `mesh` (and the training rules), activations and
     caches are sharded as in training; pass params sharded as the train state holds them.
     """
     fmt = model_format.of(module)
@@ -307,20 +309,20 @@ def decode(
     eos_id = fmt.eos_id if stop_at_eos else -1
     if mesh is None:
         return _decode(module, fmt, params, prompts, encoder_inputs, strategy, max_new_tokens,
-                       eos_id, seeds)
+                       eos_id, seeds, quantize)
     from t5x_lite.trainer import mesh_and_rules  # the same context the train step uses
 
     with mesh_and_rules(mesh, tuple(tuple(r) for r in logical_axis_rules)):
         return _decode(module, fmt, params, prompts, encoder_inputs, strategy, max_new_tokens,
-                       eos_id, seeds)
+                       eos_id, seeds, quantize)
 
 
 def _decode(module, fmt, params, prompts, encoder_inputs, strategy, max_new_tokens, eos_id,
-            seeds):
+            seeds, quantize):
     prompt, lengths = _prompts(fmt, prompts, encoder_inputs)
     batch = len(prompt)
     model = incremental.for_model(type(module), module.config, prompt.shape[1] + max_new_tokens)
-    params = incremental.prepare(module, params).params
+    params = incremental.prepare(module, params, quantize).params
     encoder_array = encoder_lengths = None
     if fmt.encoder_decoder:
         encoder_array = jnp.asarray(_pad(encoder_inputs))

@@ -104,10 +104,12 @@ def _decode_text(vocabulary, tokens: list[int]) -> str | None:
 def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: str | None,
           strategy: decoding.Strategy = decoding.Strategy(), max_new_tokens: int = 64,
           batch_size: int = 8, seed: int = 0, mesh_shape=None,
-          logical_axis_rules=partitioning.DEFAULT_RULES, params=None) -> list[dict]:
+          logical_axis_rules=partitioning.DEFAULT_RULES, params=None,
+          quantize: str | None = None) -> list[dict]:
     """Generates for every `inputs` line (text, or token ids); writes {inputs, outputs: [text],
     tokens, scores} to `output_path` (if given) and returns the same records. Prompts are read
-    as the model's format says (start id, EOS, prefix attention; models/model_format.py)."""
+    as the model's format says (start id, EOS, prefix attention; models/model_format.py).
+    `quantize='int8'` decodes with int8 weights (models/quantization.py)."""
     fmt = model_format.of(model)
     records = read_jsonl(input_path, ["inputs"])
     prompts = [_token_ids(r, "inputs", vocabulary, f"{input_path} record {i + 1}")
@@ -118,7 +120,8 @@ def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
         model_format.check_prompt(model, prompt, max_new_tokens,
                                   f"{input_path} record {index + 1}")
     # Into decoding's layout once, not per batch (the trained layout is not kept).
-    params = decoding.prepare_params(model, load(model, model_dir) if params is None else params)
+    params = decoding.prepare_params(model, load(model, model_dir) if params is None else params,
+                                     quantize)
     mesh = job_mesh(mesh_shape)
     results = []
     for start in range(0, len(records), batch_size):
@@ -127,7 +130,8 @@ def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
         out = decoding.decode(model, params, None if fmt.encoder_decoder else rows,
                               encoder_inputs=rows if fmt.encoder_decoder else None,
                               strategy=strategy, max_new_tokens=max_new_tokens, seeds=seeds,
-                              mesh=mesh, logical_axis_rules=logical_axis_rules)
+                              mesh=mesh, logical_axis_rules=logical_axis_rules,
+                              quantize=quantize)
         for record, tokens, scores in zip(chunk, out["tokens"], out["scores"]):
             token_lists = [_until_eos(t, fmt.eos_id) for t in tokens]
             results.append({

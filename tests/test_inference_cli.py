@@ -57,6 +57,15 @@ def test_infer_generates_for_every_line(trained):
         assert all(len(tokens) <= 5 for tokens in line["tokens"])
 
 
+def test_infer_with_int8_weights(trained):
+    result = cli("infer", "--gin_file=tiny.gin", "--input=prompts.jsonl", "--output=int8.jsonl",
+                 "--gin.inference.infer.max_new_tokens=5", "--gin.inference.infer.quantize='int8'",
+                 cwd=trained)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (trained / "int8.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(1 <= len(line["tokens"][0]) <= 5 for line in lines)
+
+
 def test_score_returns_log_likelihoods(trained):
     result = cli("score", "--gin_file=tiny.gin", "--input=pairs.jsonl", "--output=scores.jsonl",
                  cwd=trained)

@@ -27,6 +27,12 @@ What is measured
     FLOPs. Per step we report those bytes / step time, and the DRAM bandwidth this machine
     reaches (a jitted sum over 400 MB, measured in the same run).
   * Agreement: per row, how many leading generated tokens are identical on both sides.
+  * int8 (`decode(..., quantize='int8')`, models/quantization.py): the same decode with int8
+    weights, timed in the same rounds. Its greedy tokens are compared with float32's free
+    running (leading equal positions, % equal) and teacher-forced: each side's argmax at every
+    generated position given float32's own tokens as the prefix (one prefill over the whole
+    sequence per side), which counts the positions where quantization changes the choice
+    without the divergence that follows a first difference.
 
 Run (on a quiet machine; the figures mean nothing when another job is computing):
     .venv/bin/python experiments/benchmarks/decode.py --batch 8 --prompt_len 128 \
@@ -131,13 +137,19 @@ def bench(name: str, args) -> dict:
         decoding.prepare_params(module, params)))[0] for _ in range(3))
     prepared = decoding.prepare_params(module, params)
     max_length = (1 if is_t5 else args.prompt_len) + args.new_tokens
-    r["bytes_per_step"] = bytes_per_step(module, params, args.batch, max_length, args.prompt_len)
 
-    def ours(new_tokens):
-        kwargs = (dict(encoder_inputs=inputs.tolist()) if is_t5
-                  else dict(prompts=inputs[:, 1:].tolist()))
-        return lambda: decoding.decode(module, prepared, max_new_tokens=new_tokens,
-                                       stop_at_eos=False, **kwargs)["tokens"][:, 0]
+
+    quantized = decoding.prepare_params(module, params, "int8")
+    r["bytes_per_step"] = bytes_per_step(module, params, args.batch, max_length, args.prompt_len)
+    r["int8_bytes_per_step"] = bytes_per_step(module, quantized.params, args.batch, max_length,
+                                              args.prompt_len)
+    kwargs = (dict(encoder_inputs=inputs.tolist()) if is_t5
+              else dict(prompts=inputs[:, 1:].tolist()))
+
+    def ours(new_tokens, weights=prepared):
+        return lambda: decoding.decode(module, weights, max_new_tokens=new_tokens,
+                                       stop_at_eos=False, quantize=weights.quantize,
+                                       **kwargs)["tokens"][:, 0]
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_model = to_transformers(module, params, tmp)
@@ -156,7 +168,8 @@ def bench(name: str, args) -> dict:
         return run
 
     n = args.new_tokens
-    calls = {("ours", n): ours(n), ("ours", 1): ours(1), ("hf", n): theirs(n), ("hf", 1): theirs(1)}
+    calls = {("ours", n): ours(n), ("ours", 1): ours(1), ("int8", n): ours(n, quantized),
+             ("int8", 1): ours(1, quantized), ("hf", n): theirs(n), ("hf", 1): theirs(1)}
     times = {key: [] for key in calls}
     for key, call in calls.items():  # warm-up (and, for JAX, compilation)
         r[f"{key[0]}_first{key[1]}"], out = seconds(call)
@@ -165,12 +178,52 @@ def bench(name: str, args) -> dict:
     for _ in range(args.rounds):
         for key, call in calls.items():
             times[key].append(seconds(call)[0])
-    for side in ("ours", "hf"):
+    for side in ("ours", "int8", "hf"):
         r[f"{side}_runs"] = times[(side, n)]
         r[f"{side}_s"] = statistics.median(times[(side, n)])
         r[f"{side}_prefill_s"] = statistics.median(times[(side, 1)])
     r["round_ratios"] = [h / o for o, h in zip(times[("ours", n)], times[("hf", n)])]
+    r["int8_round_ratios"] = [h / o for o, h in zip(times[("int8", n)], times[("hf", n)])]
+    r["teacher_forced"] = teacher_forced_agreement(module, prepared, quantized, inputs,
+                                                   r["ours_tokens"])
     return r
+
+
+def teacher_forced_argmax(module, weights, inputs: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Argmax after every generated position's prefix (float32's tokens), one prefill pass."""
+    fmt = model_format.of(module)
+    batch, n = tokens.shape
+    if fmt.encoder_decoder:
+        sequence = np.concatenate([np.full((batch, 1), fmt.start_id), tokens[:, :-1]], axis=1)
+        encoder = dict(encoder_inputs=jnp.asarray(inputs),
+                       encoder_lengths=jnp.full((batch,), inputs.shape[1]))
+    else:  # inputs[:, 0] is already the start id
+        sequence, encoder = np.concatenate([inputs, tokens[:, :-1]], axis=1), {}
+    model = incremental.for_model(type(module), module.config, sequence.shape[1])
+    cache = model.init_cache(batch, inputs.shape[1] if fmt.encoder_decoder else None)
+    at = jnp.arange(sequence.shape[1] - n, sequence.shape[1])
+    if fmt.encoder_decoder:
+        encoded = model.prefill_module.apply(
+            {"params": weights.params}, encoder["encoder_inputs"],
+            jnp.ones_like(encoder["encoder_inputs"]), method=model.prefill_module.encode)
+        logits, _ = model.prefill_module.apply(
+            {"params": weights.params, "cache": cache}, encoded, jnp.asarray(sequence),
+            jnp.ones_like(encoder["encoder_inputs"]), None,
+            jnp.broadcast_to(jnp.arange(sequence.shape[1]), sequence.shape),
+            method=model.prefill_module.decoder_logits, mutable=["cache"])
+        logits = logits[:, at]
+    else:
+        logits, _ = model.prefill_module.apply(
+            {"params": weights.params, "cache": cache}, jnp.asarray(sequence), None,
+            jnp.broadcast_to(jnp.arange(sequence.shape[1]), sequence.shape), None,
+            logits_at=jnp.broadcast_to(at, (batch, n)), mutable=["cache"])
+    return np.asarray(jnp.argmax(logits, axis=-1))
+
+
+def teacher_forced_agreement(module, prepared, quantized, inputs, tokens) -> float:
+    float_choice = teacher_forced_argmax(module, prepared, inputs, tokens)
+    int8_choice = teacher_forced_argmax(module, quantized, inputs, tokens)
+    return float((float_choice == int8_choice).mean())
 
 
 def leading_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -183,11 +236,11 @@ def report(r: dict, args, bandwidth: float) -> None:
     n, b = args.new_tokens, args.batch
     ours_tps, hf_tps = n * b / r["ours_s"], n * b / r["hf_s"]
     print(f"\n== {r['name']}: {r['params']:,} parameters; transformers {r['hf_class']}")
-    for label, key in (("t5x_lite", "ours"), ("transformers", "hf")):
+    for label, key in (("t5x_lite", "ours"), ("t5x_lite int8", "int8"), ("transformers", "hf")):
         tokens = r[f"{key}_tokens"]
         step = (r[f"{key}_s"] - r[f"{key}_prefill_s"]) / max(n - 1, 1)
         runs = ", ".join(f"{t:.2f}" for t in r[f"{key}_runs"])
-        streamed = r["bytes_per_step"] / step / 1e9
+        streamed = r.get(f"{key}_bytes_per_step", r["bytes_per_step"]) / step / 1e9
         print(f"{label:13s} first call {r[f'{key}_first{n}']:5.2f} s | median {r[f'{key}_s']:5.2f} s"
               f" (runs {runs}) | {n * b / r[f'{key}_s']:6.1f} tokens/s | prefill+1 token "
               f"{r[f'{key}_prefill_s']:.3f} s, then {step * 1e3:.1f} ms/step = {streamed:.1f} GB/s"
@@ -195,10 +248,19 @@ def report(r: dict, args, bandwidth: float) -> None:
               f"{tokens.shape}, EOS-free {bool((tokens != 1).all())}")
     print(f"t5x_lite: prepare_params {r['prepare_s'] * 1e3:.0f} ms (once per model); compile "
           f"{r[f'ours_first{n}'] - r['ours_s']:.2f} s (+{r['ours_first1'] - r['ours_prefill_s']:.2f}"
-          f" s for the 1-token program); {r['bytes_per_step'] / 1e6:.0f} MB streamed per step")
+          f" s for the 1-token program); {r['bytes_per_step'] / 1e6:.0f} MB streamed per step "
+          f"({r['int8_bytes_per_step'] / 1e6:.0f} MB with int8 weights)")
     ratios = ", ".join(f"{x:.2f}" for x in r["round_ratios"])
     print(f"ratio t5x_lite / transformers tokens/s: {ours_tps / hf_tps:.2f}x (per round: {ratios};"
           f" target >= 3x: {'met' if ours_tps >= 3 * hf_tps else 'NOT met'})")
+    int8_tps = n * b / r["int8_s"]
+    ratios = ", ".join(f"{x:.2f}" for x in r["int8_round_ratios"])
+    print(f"ratio t5x_lite int8 / transformers tokens/s: {int8_tps / hf_tps:.2f}x (per round: "
+          f"{ratios}; target >= 3x: {'met' if int8_tps >= 3 * hf_tps else 'NOT met'})")
+    agree = leading_agreement(r["ours_tokens"], r["int8_tokens"])
+    print(f"int8 vs float32 greedy: teacher-forced {r['teacher_forced']:.1%} of positions choose "
+          f"the same token; free running {(r['ours_tokens'] == r['int8_tokens']).mean():.1%} "
+          f"equal, leading equal positions per row {agree.tolist()}")
     agree = leading_agreement(r["ours_tokens"], r["hf_tokens"])
     same = (r["ours_tokens"] == r["hf_tokens"]).mean()
     print(f"greedy agreement: leading equal positions per row {agree.tolist()} of {n} "

@@ -21,14 +21,15 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from t5x_lite.models import model_format, stacking
+from t5x_lite.models import model_format, quantization, stacking
 
 
 @flax.struct.dataclass
 class DecodeParams:
-    """Parameters already in decoding's layout (what `prepare` returns)."""
+    """Parameters already in decoding's layout (what `prepare` returns), maybe quantized."""
 
     params: Any
+    quantize: str | None = flax.struct.field(pytree_node=False, default=None)
 
 
 @functools.lru_cache(maxsize=32)
@@ -69,22 +70,39 @@ def _kernel_permutations(module_type, config) -> dict[tuple[str, ...], tuple[int
             for path, names in decoding.items() if names != trained[path]}
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _prepare(module_type, config, params):
+def _with_scales(flat: dict, path: tuple[str, ...], num_output_axes: int) -> None:
+    values, scale = quantization.quantize_rows(flat[path], num_output_axes)
+    flat[path] = values
+    flat[path[:-1] + (path[-1] + quantization.SCALE_SUFFIX,)] = scale
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _prepare(module_type, config, params, quantize):
     flat = traverse_util.flatten_dict(dict(stacking.unrolled_params(module_type(config), params)))
     for path, permutation in _kernel_permutations(module_type, config).items():
         flat[path] = jnp.transpose(flat[path], permutation)
-    return DecodeParams(traverse_util.unflatten_dict(flat))
+        if quantize == "int8":  # [features..., inputs...]: permutation[0] = number of inputs
+            _with_scales(flat, path, flat[path].ndim - permutation[0])
+    if quantize == "int8":
+        for path in [p for p in flat if p[-2:] == ("token_embed", "embedding")]:
+            _with_scales(flat, path, 1)  # per vocabulary row: the output layer's channels
+    return DecodeParams(traverse_util.unflatten_dict(flat), quantize)
 
 
-def prepare(module: nn.Module, params: Any) -> DecodeParams:
+def prepare(module: nn.Module, params: Any, quantize: str | None = None) -> DecodeParams:
     """Trained parameters (scanned or not) in decoding's layout; sharded params stay sharded.
 
     `decoding.decode` does this on every call it is given plain params; prepare once when
-    decoding many batches with the same weights (it copies every weight)."""
+    decoding many batches with the same weights (it copies every weight). `quantize='int8'`
+    stores the dense kernels and the token embedding as int8 with per-output-channel scales
+    (quantization.py): a quarter of the bytes a decode step streams, at some accuracy."""
+    quantization.check(quantize)
     if isinstance(params, DecodeParams):
+        if params.quantize != quantize:
+            raise ValueError(f"params were prepared with quantize={params.quantize!r}, "
+                             f"decoding asked for quantize={quantize!r}")
         return params
-    return _prepare(type(module), module.config, params)
+    return _prepare(type(module), module.config, params, quantize)
 
 
 class Incremental:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite.models import kv_cache
+from t5x_lite.models import kv_cache, quantization
 from t5x_lite.models.position_encodings import apply_rope
 
 Initializer = Callable[..., jax.Array]
@@ -105,12 +105,16 @@ class DenseGeneral(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(init, kernel_axes), shape, self.param_dtype
         )
-        kernel = jnp.asarray(kernel, self.dtype)
-        x = x.astype(self.dtype)
-        if self.features_first:
-            out = features_first_product(x, kernel, axes)
+        scale_name = "kernel" + quantization.SCALE_SUFFIX
+        if self.features_first and self.has_variable("params", scale_name):
+            out = quantization.int8_product(x, kernel, self.get_variable("params", scale_name),
+                                            axes).astype(self.dtype)
+        elif self.features_first:
+            out = features_first_product(x.astype(self.dtype), jnp.asarray(kernel, self.dtype),
+                                         axes)
         else:
-            out = jax.lax.dot_general(x, kernel, ((axes, tuple(range(num_in))), ((), ())))
+            out = jax.lax.dot_general(x.astype(self.dtype), jnp.asarray(kernel, self.dtype),
+                                      ((axes, tuple(range(num_in))), ((), ())))
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -368,7 +372,7 @@ def token_embedder(
     name: str = "token_embed",
 ) -> nn.Embed:
     """Token embedding table [vocab, embed]; `tied_logits` uses it as the output layer."""
-    return nn.Embed(
+    return TokenEmbed(
         num_embeddings=vocab_size,
         features=embed_dim,
         dtype=dtype,
@@ -380,8 +384,26 @@ def token_embedder(
     )
 
 
-def tied_logits(embed: nn.Embed, x: jax.Array) -> jax.Array:
+class TokenEmbed(nn.Embed):
+    """nn.Embed that also reads a table stored as int8 with per-row scales (quantization.py)."""
+
+    def quantized_scale(self) -> jax.Array | None:
+        name = "embedding" + quantization.SCALE_SUFFIX
+        return self.get_variable("params", name) if self.has_variable("params", name) else None
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        scale = self.quantized_scale()
+        if scale is None:
+            return super().__call__(inputs)
+        rows = jnp.take(self.embedding, inputs, axis=0).astype(jnp.float32)
+        return (rows * jnp.take(scale, inputs, axis=0)[..., None]).astype(self.dtype)
+
+
+def tied_logits(embed: TokenEmbed, x: jax.Array) -> jax.Array:
     """Logits with the token embedding as the output layer ([vocab, embed]: features-first)."""
+    scale = embed.quantized_scale()
+    if scale is not None:
+        return quantization.int8_product(x, embed.embedding, scale, (x.ndim - 1,))
     table = jnp.asarray(embed.embedding, embed.dtype)
     return features_first_product(x.astype(embed.dtype), table, (x.ndim - 1,))
 
