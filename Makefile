@@ -53,12 +53,16 @@ memorization: $(VENV)/.installed
 architectures: $(VENV)/.installed
 	$(BIN)/python experiments/architectures/run.py
 
+BENCH_DIR = runs/bench
+
 bench: $(VENV)/.installed-test
-	$(BIN)/python experiments/benchmarks/train_step.py
-	$(BIN)/python experiments/benchmarks/decode.py
-	$(BIN)/python experiments/benchmarks/instruction_pipeline.py
+	rm -rf $(BENCH_DIR)
+	$(BIN)/python experiments/benchmarks/train_step.py --summary $(BENCH_DIR)
+	$(BIN)/python experiments/benchmarks/decode.py --summary $(BENCH_DIR)
+	$(BIN)/python experiments/benchmarks/instruction_pipeline.py --summary $(BENCH_DIR)
 	$(BIN)/python experiments/benchmarks/preference.py
 	$(BIN)/python experiments/benchmarks/cleaning.py
+	$(BIN)/python experiments/benchmarks/summary.py $(BENCH_DIR)
 
 clean:
 	rm -rf $(VENV) runs

@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import summary
 from t5x_lite import checkpoints, decoding
 from t5x_lite.interop import convert
 from t5x_lite.models import decoder, encoder_decoder, incremental, model_format
@@ -78,6 +79,8 @@ def parse_args():
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--models", default="decoder,t5")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds after a warm-up")
+    parser.add_argument("--summary", default=None,
+                        help="directory for the figures `summary.py` tabulates (make bench)")
     return parser.parse_args()
 
 
@@ -232,6 +235,14 @@ def leading_agreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(differ.any(axis=1), differ.argmax(axis=1), a.shape[1])
 
 
+def summary_row(r: dict, args) -> dict:
+    tokens = args.new_tokens * args.batch
+    ours, int8, theirs = (tokens / r[f"{side}_s"] for side in ("ours", "int8", "hf"))
+    return {"unit": "decode tokens/s", "ours": ours, "ours_int8": int8, "theirs": theirs,
+            "ratio": ours / theirs, "ratio_int8": int8 / theirs,
+            "agreement": f"{r['teacher_forced']:.1%} teacher-forced"}
+
+
 def report(r: dict, args, bandwidth: float) -> None:
     n, b = args.new_tokens, args.batch
     ours_tps, hf_tps = n * b / r["ours_s"], n * b / r["hf_s"]
@@ -283,8 +294,13 @@ def main():
     print(f"greedy, float32, batch {args.batch}, prompt/encoder length {args.prompt_len}, "
           f"{args.new_tokens} new tokens, medians of {args.rounds} interleaved rounds; "
           f"DRAM bandwidth (jitted sum) {bandwidth / 1e9:.1f} GB/s")
+    rows = {}
     for name in args.models.split(","):
-        report(bench(name, args), args, bandwidth)
+        result = bench(name, args)
+        report(result, args, bandwidth)
+        rows[f"greedy decode, {name}, batch {args.batch}, {args.prompt_len}+{args.new_tokens}"] = (
+            summary_row(result, args))
+    summary.write(args.summary, "decode", rows)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 

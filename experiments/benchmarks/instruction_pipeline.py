@@ -51,6 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax
 import numpy as np
 
+import summary
 from t5x_lite import metrics, optimizers, partitioning, trainer as trainer_lib
 from t5x_lite.data import feature_converters, instruction_pipeline, pipeline
 from t5x_lite.data.tasks import formats, mixtures
@@ -77,6 +78,8 @@ def parse_args():
     parser.add_argument("--raw_seconds", type=float, default=2.0,
                         help="timed seconds of examples() per format per round (0: skip)")
     parser.add_argument("--steps", type=int, default=5, help="timed train steps per round")
+    parser.add_argument("--summary", default=None,
+                        help="directory for the figures `summary.py` tabulates (make bench)")
     return parser.parse_args()
 
 
@@ -216,6 +219,7 @@ def main():
     print(f"rows/s:                {BATCH_SIZE / step_s:,.1f}  (row tokens/s "
           f"{BATCH_SIZE * SEQUENCE_LENGTH / step_s:,.0f})")
 
+    table = {}
     for name in datas:
         rows = packed[name]
         ex_s, tok_s = med([x[0] for x in rows]), med([x[1] for x in rows])
@@ -242,6 +246,9 @@ def main():
         met = ratio >= TARGET
         print(f"pipeline / model:      {ratio:.1f}x (rounds {min(ratios):.1f}-{max(ratios):.1f}x)"
               f"  -> target >= {TARGET:g}x {'MET' if met else 'NOT MET'}")
+        table[f"instruction pipeline, {name}"] = {
+            "unit": "examples/s", "ours": ex_s, "consumption": model_ex_s, "ratio": ratio}
+    summary.write(args.summary, "instruction_pipeline", table)
     print(f"\nload average {os.getloadavg()[0]:.2f} at end; total {time.perf_counter() - begin:.0f} s")
 
 

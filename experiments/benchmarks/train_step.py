@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax
 import numpy as np
 
+import summary
 from t5x_lite import metrics, optimizers, partitioning, trainer as trainer_lib
 from t5x_lite.data import feature_converters, pipeline
 from t5x_lite.models import model_format
@@ -54,6 +55,10 @@ def parse_args():
     parser.add_argument("--loss_chunk_size", default="auto",
                         help="positions of logits per chunk of the loss ('auto': 256 for this "
                              "32,128-token vocabulary; 'none': whole)")
+    parser.add_argument("--unrolled", action="store_true",
+                        help="scan_layers=False (the gin's default is a scanned stack)")
+    parser.add_argument("--summary", default=None,
+                        help="directory for the figures `summary.py` tabulates (make bench)")
     return parser.parse_args()
 
 
@@ -91,7 +96,7 @@ def make_trainer(args, loss_chunk_size):
     config = DecoderConfig(
         vocab_size=VOCAB, embed_dim=EMBED, num_layers=LAYERS, num_heads=HEADS,
         head_dim=HEAD_DIM, mlp_dim=MLP, tie_embeddings=True, embedding_init_stddev=0.02,
-        dtype=args.dtype, scan_layers=True, remat_policy=args.remat,
+        dtype=args.dtype, scan_layers=not args.unrolled, remat_policy=args.remat,
     )
     schedule = optimizers.constant(LEARNING_RATE)
     mesh = partitioning.make_mesh((1, 1, 1))
@@ -198,12 +203,20 @@ def main():
     print(f"achieved:              {flops / step_s / 1e12:.4f} TFLOP/s")
     print(f"MFU:                   {flops / step_s / peak:.1%}")
     print(f"loss chunk size:       {chunk or 'none (whole logits)'}")
-    for name, sizes in step_memory(args, batch_np).items():
+    memory = step_memory(args, batch_np)
+    for name, sizes in memory.items():
         print(f"step memory, {name + ':':<19} temporaries {sizes['temporaries']:,.0f} MiB, "
               f"arguments {sizes['arguments']:,.0f} MiB (XLA memory analysis)")
+    used = memory["chunked loss (256)" if chunk else "whole logits"]
+    figures = {"unit": "train tokens/s", "ours": tokens / step_s,
+               "mfu": f"{flops / step_s / peak:.1%}",
+               "memory": f"{used['temporaries'] + used['arguments']:,.0f} MiB (XLA)"}
+    row = (f"train step, decoder_50m, {args.batch_size}x{args.seq_len} {args.dtype}"
+           + (", unrolled" if args.unrolled else ""))
 
     if args.skip_torch:
         print("\n== transformers comparison skipped (--skip_torch)")
+        summary.write(args.summary, "train_step", {row: figures})
         return
     try:
         import torch  # noqa: F401
@@ -211,6 +224,7 @@ def main():
     except ImportError as error:
         print(f"\n== transformers comparison skipped ({error}); to enable it: "
               f".venv/bin/pip install torch==2.13.0 transformers")
+        summary.write(args.summary, "train_step", {row: figures})
         return
     t_params, t_first, t_step, t_loss, t_ver, tf_ver = bench_torch(args, batch_np)
     print(f"\n== transformers {tf_ver} LlamaForCausalLM, torch {t_ver}, float32, sdpa")
@@ -221,6 +235,9 @@ def main():
     print(f"achieved:              {flops / t_step / 1e12:.4f} TFLOP/s (same model FLOPs)")
     print(f"MFU:                   {flops / t_step / peak:.1%}")
     print(f"\nt5x_lite / transformers throughput: {t_step / step_s:.2f}x")
+    figures.update(theirs=tokens / t_step, ratio=t_step / step_s,
+                   mfu=f"{figures['mfu']} ({flops / t_step / peak:.1%})")
+    summary.write(args.summary, "train_step", {row: figures})
 
 
 if __name__ == "__main__":
