@@ -31,7 +31,7 @@ COLUMNS = (  # (key, header, format)
     ("ratio", "ratio", "{:.2f}x"),  # t5x_lite / transformers, or pipeline / model
     ("ratio_int8", "ratio int8", "{:.2f}x"),
     ("mfu", "MFU (theirs)", "{}"),
-    ("memory", "peak memory", "{}"),
+    ("memory", "peak memory (theirs)", "{}"),
     ("agreement", "int8 agreement", "{}"),
 )
 

@@ -15,6 +15,8 @@ What is measured
     dimensions, float32, SDPA attention, random init; step = forward with labels -> backward
     -> clip_grad_norm_(1.0) -> AdamW.step -> zero_grad, with the same AdamW hyperparameters.
     Same batch shape, same peak, same median-of-steps timing.
+  * Memory: XLA's analysis of the compiled step (whole vs chunked loss), and for both sides the
+    peak resident memory of a fresh process that builds the model and runs the steps.
 
 Run (on a quiet machine: the figures are only meaningful when nothing else is computing):
     .venv/bin/python experiments/benchmarks/train_step.py
@@ -24,7 +26,9 @@ Run (on a quiet machine: the figures are only meaningful when nothing else is co
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import statistics
 import time
 
@@ -125,6 +129,28 @@ def step_memory(args, batch_np) -> dict[str, dict[str, float]]:
     return report
 
 
+def _peak_rss_child(side: str, args, queue) -> None:
+    batch_np = make_batch(args.batch_size, args.seq_len)
+    if side == "t5x_lite":
+        bench_t5x(args, batch_np)
+    else:
+        bench_torch(args, batch_np)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def peak_rss(side: str, args) -> float:
+    """Peak resident memory (MiB) of a fresh process that builds `side`'s model and runs its
+    steps: parameters, optimizer state, activations, gradients and the framework itself, the
+    same measure for both sides (XLA's analysis above sees only its compiled step)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_peak_rss_child, args=(side, args, queue))
+    child.start()
+    peak = queue.get()
+    child.join()
+    return peak / 2**20
+
+
 def bench_t5x(args, batch_np):
     trainer = make_trainer(args, chunk_setting(args.loss_chunk_size))
     state = trainer.create_state(seed=0)
@@ -207,10 +233,10 @@ def main():
     for name, sizes in memory.items():
         print(f"step memory, {name + ':':<19} temporaries {sizes['temporaries']:,.0f} MiB, "
               f"arguments {sizes['arguments']:,.0f} MiB (XLA memory analysis)")
-    used = memory["chunked loss (256)" if chunk else "whole logits"]
+    ours_rss = peak_rss("t5x_lite", args)
+    print(f"peak process memory:   {ours_rss:,.0f} MiB (RSS of a fresh process running the steps)")
     figures = {"unit": "train tokens/s", "ours": tokens / step_s,
-               "mfu": f"{flops / step_s / peak:.1%}",
-               "memory": f"{used['temporaries'] + used['arguments']:,.0f} MiB (XLA)"}
+               "mfu": f"{flops / step_s / peak:.1%}", "memory": f"{ours_rss:,.0f} MiB"}
     row = (f"train step, decoder_50m, {args.batch_size}x{args.seq_len} {args.dtype}"
            + (", unrolled" if args.unrolled else ""))
 
@@ -234,9 +260,12 @@ def main():
     print(f"tokens/s:              {tokens / t_step:,.0f}")
     print(f"achieved:              {flops / t_step / 1e12:.4f} TFLOP/s (same model FLOPs)")
     print(f"MFU:                   {flops / t_step / peak:.1%}")
+    torch_rss = peak_rss("transformers", args)
+    print(f"peak process memory:   {torch_rss:,.0f} MiB (RSS of a fresh process running the steps)")
     print(f"\nt5x_lite / transformers throughput: {t_step / step_s:.2f}x")
     figures.update(theirs=tokens / t_step, ratio=t_step / step_s,
-                   mfu=f"{figures['mfu']} ({flops / t_step / peak:.1%})")
+                   mfu=f"{figures['mfu']} ({flops / t_step / peak:.1%})",
+                   memory=f"{figures['memory']} ({torch_rss:,.0f} MiB)")
     summary.write(args.summary, "train_step", {row: figures})
 
 
