@@ -58,6 +58,7 @@ BENCH_DIR = runs/bench
 bench: $(VENV)/.installed-test
 	rm -rf $(BENCH_DIR)
 	$(BIN)/python experiments/benchmarks/train_step.py --summary $(BENCH_DIR)
+	$(BIN)/python experiments/benchmarks/train_step.py --model t5 --summary $(BENCH_DIR)
 	$(BIN)/python experiments/benchmarks/decode.py --summary $(BENCH_DIR)
 	$(BIN)/python experiments/benchmarks/instruction_pipeline.py --summary $(BENCH_DIR)
 	$(BIN)/python experiments/benchmarks/preference.py

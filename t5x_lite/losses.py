@@ -70,6 +70,9 @@ def chunked_token_losses(project: Callable[[jax.Array], jax.Array], states: jax.
     (module docstring). `project` maps final states [batch, n, embed] to float32 logits
     [batch, n, vocab] (a model's `project` method)."""
     batch, length = targets.shape
+    if length <= chunk_size:  # one chunk: padding it would only add output-layer work
+        return token_losses(project(states), targets, label_smoothing=label_smoothing,
+                            z_loss=z_loss)
     chunks = -(-length // chunk_size)
     pad = chunks * chunk_size - length
     states = jnp.pad(states, ((0, 0), (0, pad), (0, 0)))

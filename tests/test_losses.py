@@ -169,3 +169,27 @@ def test_chunked_loss_equals_the_whole_loss_and_its_gradients(name):
     for g, c in zip(flat, chunk_flat):
         np.testing.assert_allclose(c, g, rtol=1e-4, atol=1e-6)
     assert any(float(np.abs(g).max()) > 0 for g in flat)
+
+
+def test_a_chunk_longer_than_the_targets_projects_only_the_real_positions():
+    """T5's 114 targets with the default 256-position chunk: no padded positions go through
+    the output layer (they would more than double its work)."""
+    import jax.numpy as jnp
+
+    from t5x_lite import losses
+
+    rng = np.random.default_rng(0)
+    states = jnp.asarray(rng.normal(size=(2, 13, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(4, 11)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 11, size=(2, 13)), jnp.int32)
+    projected_lengths = []
+
+    def project(x):
+        projected_lengths.append(x.shape[1])
+        return x @ kernel
+
+    got = losses.chunked_token_losses(project, states, targets, chunk_size=256)
+    want = losses.token_losses(states @ kernel, targets)
+    assert projected_lengths == [13]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
