@@ -163,3 +163,24 @@ def test_nearby_prompt_lengths_share_one_compiled_program():
     alone = decoding.decode_uncached(module, params, [[5, 6, 7]], max_new_tokens=4)
     np.testing.assert_array_equal(short["tokens"][:, 0], alone)
     assert longer["tokens"].shape == (1, 1, 4)
+
+
+def test_cache_grows_in_length_buckets():
+    assert decoding.cache_lengths(128, 256) == [160, 192, 224, 256]
+    assert decoding.cache_lengths(32, 44) == [44]  # short decodes: one loop, as before
+    assert decoding.cache_lengths(32, 96) == [64, 96]
+
+
+@pytest.mark.parametrize("make", [decoder_model, t5_model], ids=["decoder", "t5"])
+def test_decoding_through_growing_caches_equals_full_recompute(make):
+    """70 new tokens after a 32-slot prompt: three loops over caches of 64, 96 and 102 slots."""
+    module, params = make()
+    assert len(decoding.cache_lengths(32, 32 + 70)) == 3
+    cached = run(module, params, max_new_tokens=70)["tokens"][:, 0]
+    kwargs = ({"encoder_inputs": PROMPTS} if module.architecture == "encoder_decoder"
+              else {"prompts": PROMPTS})
+    reference = decoding.decode_uncached(module, params, max_new_tokens=70, **kwargs)
+    np.testing.assert_array_equal(cached, reference)
+    eos = model_format.of(module).eos_id
+    longest = max(int(np.argmax(row == eos)) if (row == eos).any() else 70 for row in cached)
+    assert longest > 64  # some row reached the last cache before its EOS

@@ -111,6 +111,7 @@ class Incremental:
     `params` are always a `DecodeParams`' contents (see `prepare`)."""
 
     def __init__(self, module: nn.Module, max_length: int):
+        self.module_type, self.config = type(module), module.config
         self.max_length = max_length
         self.format = model_format.of(module)
         self.encoder_decoder = self.format.encoder_decoder
@@ -120,6 +121,19 @@ class Incremental:
         args = _init_args(self.prefill_module, batch, self.max_length, encoded_length)
         shapes = jax.eval_shape(lambda: self.prefill_module.init(jax.random.key(0), *args))
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+    def at_length(self, max_length: int) -> "Incremental":
+        """The same model with a `max_length`-slot cache (its step attends over that many)."""
+        return for_model(self.module_type, self.config, max_length)
+
+    def grow_cache(self, cache, batch: int, encoded_length: int | None):
+        """`cache` (from a shorter `at_length`) as this one's: self-attention caches gain empty
+        slots at the end, which every step writes before it reads them; cross-attention
+        caches (the encoder's keys/values) stay as they are."""
+        target = jax.eval_shape(lambda: self.init_cache(batch, encoded_length))
+        return jax.tree.map(
+            lambda x, t: jnp.pad(x, [(0, want - have) for have, want in zip(x.shape, t.shape)]),
+            cache, target)
 
     def prefill(self, params, cache, prompt, prompt_lengths, encoder_inputs=None,
                 encoder_lengths=None):
