@@ -169,9 +169,8 @@ def _sample_loop(model, params, prompt, prompt_lengths, encoder_inputs, encoder_
 def cache_lengths(prompt_length: int, max_length: int) -> list[int]:
     """The cache lengths a sampling loop grows through: LENGTH_BUCKET more slots each time, so
     the attention of a step reads at most LENGTH_BUCKET - 1 slots not yet written (measured:
-    the attention products are a third of an int8 decode step; over 128 and 192 slots of a
-    batch-8, 8-head cache they take 181 and 271 us against 382 for 256 on CPU). Each length
-    compiles its own step."""
+    the attention products were a third of an int8 decode step, and a cache of fewer slots
+    costs in proportion: experiments/benchmarks/README.md). Each length compiles its own step."""
     return [*range(prompt_length + LENGTH_BUCKET, max_length, LENGTH_BUCKET), max_length]
 
 

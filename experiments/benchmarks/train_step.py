@@ -290,8 +290,8 @@ def main():
     print(f"MFU:                   {flops / step_s / peak:.1%}")
     print(f"loss chunk size:       {chunk or 'none (whole logits)'}")
     memory = step_memory(args, batch_np)
-    for name, sizes in memory.items():
-        print(f"step memory, {name + ':':<19} temporaries {sizes['temporaries']:,.0f} MiB, "
+    for path, sizes in memory.items():
+        print(f"step memory, {path + ':':<19} temporaries {sizes['temporaries']:,.0f} MiB, "
               f"arguments {sizes['arguments']:,.0f} MiB (XLA memory analysis)")
     ours_rss = peak_rss("t5x_lite", args)
     print(f"peak process memory:   {ours_rss:,.0f} MiB (RSS of a fresh process running the steps)")
