@@ -315,10 +315,11 @@ def decode(
     as in training. Returns {'tokens': [batch, n, max_new_tokens], 'scores': [batch, n]} with
     n = num_samples (sampling, greedy) or beam_size (beam search, best first); tokens after
     EOS are the format's pad id. `stop_at_eos=False` always generates `max_new_tokens`
-    (benchmarks). `params` are the trained ones (converted on every call) or
-    `prepare_params(module, params, quantize)`; `quantize='int8'` decodes with int8 weights
-    (models/quantization.py; greedy tokens may then differ from float32's). With a `mesh` (and the training rules), activations and
-    caches are sharded as in training; pass params sharded as the train state holds them.
+    (benchmarks). `params` are the trained ones (converted on every call, int8 with
+    `quantize='int8'`: models/quantization.py, greedy tokens may then differ from float32's)
+    or `prepare_params(module, params, quantize)`, which keep their quantization. With a
+    `mesh` (and the training rules), activations and caches are sharded as in training; pass
+    params sharded as the train state holds them.
     """
     fmt = model_format.of(module)
     _check_requests(module, fmt, prompts, encoder_inputs, max_new_tokens)

@@ -130,8 +130,7 @@ def infer(*, model, vocabulary, model_dir: str, input_path: str, output_path: st
         out = decoding.decode(model, params, None if fmt.encoder_decoder else rows,
                               encoder_inputs=rows if fmt.encoder_decoder else None,
                               strategy=strategy, max_new_tokens=max_new_tokens, seeds=seeds,
-                              mesh=mesh, logical_axis_rules=logical_axis_rules,
-                              quantize=quantize)
+                              mesh=mesh, logical_axis_rules=logical_axis_rules)
         for record, tokens, scores in zip(chunk, out["tokens"], out["scores"]):
             token_lists = [_until_eos(t, fmt.eos_id) for t in tokens]
             results.append({

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from t5x_lite import decoding
 from t5x_lite.models import decoder, incremental, quantization
-from t5x_lite.models import encoder_decoder as ed
+from test_decoding import t5_model
 
 
 @settings(max_examples=25, deadline=None)
@@ -88,21 +88,16 @@ def test_int8_decoding_reproduces_what_a_trained_model_learned():
     leaves = jax.tree.leaves(quantized.params)
     assert sum(x.nbytes for x in leaves if x.dtype == jnp.int8) > 0.7 * sum(
         x.nbytes for x in leaves)
-    as_int8 = decoding.decode(module, quantized, prompts, max_new_tokens=11, stop_at_eos=False,
-                              quantize="int8")
+    as_int8 = decoding.decode(module, quantized, prompts, max_new_tokens=11, stop_at_eos=False)
     np.testing.assert_array_equal(as_int8["tokens"][:, 0], expected)
 
 
 def test_int8_encoder_decoder_logits_stay_close_to_float():
-    config = ed.EncoderDecoderConfig(vocab_size=64, embed_dim=32, num_encoder_layers=2,
-                                     num_decoder_layers=2, num_heads=4, head_dim=8, mlp_dim=64)
-    module = ed.EncoderDecoder(config)
-    params = nn.unbox(module.init(jax.random.key(1), jnp.ones((1, 8), jnp.int32),
-                                  jnp.ones((1, 4), jnp.int32))["params"])
+    module, params = t5_model()
     encoder_inputs = jnp.asarray(np.random.default_rng(2).integers(2, 64, (3, 7)), jnp.int32)
     logits = {}
     for quantize in (None, "int8"):
-        model = incremental.for_model(type(module), config, 4)
+        model = incremental.for_model(type(module), module.config, 4)
         weights = decoding.prepare_params(module, params, quantize).params
         logits[quantize], _, _ = model.prefill(
             weights, model.init_cache(3, 7), jnp.zeros((3, 1), jnp.int32),

@@ -159,8 +159,7 @@ def bench(name: str, args) -> dict:
 
     def ours(new_tokens, weights=prepared):
         return lambda: decoding.decode(module, weights, max_new_tokens=new_tokens,
-                                       stop_at_eos=False, quantize=weights.quantize,
-                                       **kwargs)["tokens"][:, 0]
+                                       stop_at_eos=False, **kwargs)["tokens"][:, 0]
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_model = to_transformers(module, params, tmp)

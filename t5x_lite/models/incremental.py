@@ -95,10 +95,11 @@ def prepare(module: nn.Module, params: Any, quantize: str | None = None) -> Deco
     `decoding.decode` does this on every call it is given plain params; prepare once when
     decoding many batches with the same weights (it copies every weight). `quantize='int8'`
     stores the dense kernels and the token embedding as int8 with per-output-channel scales
-    (quantization.py): a quarter of the bytes a decode step streams, at some accuracy."""
+    (quantization.py): a quarter of the bytes a decode step streams, at some accuracy.
+    Prepared params keep their quantization (`quantize=None` accepts it as it is)."""
     quantization.check(quantize)
     if isinstance(params, DecodeParams):
-        if params.quantize != quantize:
+        if quantize not in (None, params.quantize):
             raise ValueError(f"params were prepared with quantize={params.quantize!r}, "
                              f"decoding asked for quantize={quantize!r}")
         return params

@@ -105,10 +105,9 @@ class DenseGeneral(nn.Module):
         kernel = self.param(
             "kernel", nn.with_logical_partitioning(init, kernel_axes), shape, self.param_dtype
         )
-        scale_name = "kernel" + quantization.SCALE_SUFFIX
-        if self.features_first and self.has_variable("params", scale_name):
-            out = quantization.int8_product(x, kernel, self.get_variable("params", scale_name),
-                                            axes).astype(self.dtype)
+        scale = quantization.scale_of(self, "kernel") if self.features_first else None
+        if scale is not None:
+            out = quantization.int8_product(x, kernel, scale, axes).astype(self.dtype)
         elif self.features_first:
             out = features_first_product(x.astype(self.dtype), jnp.asarray(kernel, self.dtype),
                                          axes)
@@ -387,12 +386,8 @@ def token_embedder(
 class TokenEmbed(nn.Embed):
     """nn.Embed that also reads a table stored as int8 with per-row scales (quantization.py)."""
 
-    def quantized_scale(self) -> jax.Array | None:
-        name = "embedding" + quantization.SCALE_SUFFIX
-        return self.get_variable("params", name) if self.has_variable("params", name) else None
-
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        scale = self.quantized_scale()
+        scale = quantization.scale_of(self, "embedding")
         if scale is None:
             return super().__call__(inputs)
         rows = jnp.take(self.embedding, inputs, axis=0).astype(jnp.float32)
@@ -401,7 +396,7 @@ class TokenEmbed(nn.Embed):
 
 def tied_logits(embed: TokenEmbed, x: jax.Array) -> jax.Array:
     """Logits with the token embedding as the output layer ([vocab, embed]: features-first)."""
-    scale = embed.quantized_scale()
+    scale = quantization.scale_of(embed, "embedding")
     if scale is not None:
         return quantization.int8_product(x, embed.embedding, scale, (x.ndim - 1,))
     table = jnp.asarray(embed.embedding, embed.dtype)

@@ -25,15 +25,26 @@ def check(quantize: str | None) -> None:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
 
 
+def scale_of(module, name: str) -> jax.Array | None:
+    """The scales stored beside `module`'s parameter `name`, if it is stored as int8."""
+    scale_name = name + SCALE_SUFFIX
+    has_scale = module.has_variable("params", scale_name)
+    return module.get_variable("params", scale_name) if has_scale else None
+
+
+def _to_int8(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """Symmetric round-to-nearest int8 with one float32 scale, max |x| / 127, per slice over
+    `axes` (kept in the scale as size-1 axes); an all-zero slice stays zero."""
+    x = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x), axis=axes, keepdims=True) / 127.0
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale
+
+
 def quantize_rows(weight: jax.Array, num_output_axes: int) -> tuple[jax.Array, jax.Array]:
     """(int8 values, float32 scales [output axes]) of a weight [outputs..., inputs...]."""
-    inputs = tuple(range(num_output_axes, weight.ndim))
-    weight = weight.astype(jnp.float32)
-    scale = jnp.max(jnp.abs(weight), axis=inputs) / 127.0
-    scale = jnp.where(scale > 0, scale, 1.0)  # an all-zero row stays zero
-    expanded = scale.reshape(scale.shape + (1,) * len(inputs))
-    values = jnp.clip(jnp.round(weight / expanded), -127, 127).astype(jnp.int8)
-    return values, scale
+    values, scale = _to_int8(weight, tuple(range(num_output_axes, weight.ndim)))
+    return values, scale.reshape(weight.shape[:num_output_axes])
 
 
 def dequantize_rows(values: jax.Array, scale: jax.Array) -> jax.Array:
@@ -51,12 +62,8 @@ def int8_product(x: jax.Array, values: jax.Array, scale: jax.Array,
     output layer, 8 rows: 15.9 ms dequantized vs 2.40 ms float32 vs 0.87 ms int8 x int8).
     Returns float32 [other axes of x, features...].
     """
-    num_in = len(axes)
-    num_features = values.ndim - num_in
-    x = x.astype(jnp.float32)
-    x_scale = jnp.max(jnp.abs(x), axis=axes, keepdims=True) / 127.0
-    x_scale = jnp.where(x_scale > 0, x_scale, 1.0)
-    x_int8 = jnp.clip(jnp.round(x / x_scale), -127, 127).astype(jnp.int8)
+    num_features = values.ndim - len(axes)
+    x_int8, x_scale = _to_int8(x, axes)
     sums = jax.lax.dot_general(x_int8, values, ((axes, tuple(range(num_features, values.ndim))),
                                                 ((), ())), preferred_element_type=jnp.int32)
     row_scale = jnp.squeeze(x_scale, axis=axes)
