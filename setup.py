@@ -51,11 +51,16 @@ GCS_REQUIRES = [
     "google-cloud-storage>=3.17,<4",
 ]
 
+# `t5x-lite compile`: libtpu's compiler (the version jax pins) compiles for a TPU topology
+# described on any host; no TPU is needed or used.
+AOT_REQUIRES = ["jax[tpu]>=0.10.2,<0.11"]
+
 # A Cloud TPU VM: `pip install -e ".[tpu]"`.
 TPU_REQUIRES = ["jax[tpu]>=0.10.2,<0.11", *GCS_REQUIRES]
 
 TEST_REQUIRES = [
     *GCS_REQUIRES,
+    *AOT_REQUIRES,  # tests/test_aot.py: compiles for v5e/v5p topologies on CPU
     *BEAM_REQUIRES,  # tests/test_cleaning.py: DirectRunner gives the single-process output  # tests/test_paths.py: an unreachable gs:// bucket through the real gcsfs
     "pytest>=9.2,<10",
     "pytest-xdist>=3.8,<4",
@@ -77,6 +82,6 @@ setuptools.setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "gcs": GCS_REQUIRES, "tpu": TPU_REQUIRES,
-                    "beam": BEAM_REQUIRES},
+                    "beam": BEAM_REQUIRES, "aot": AOT_REQUIRES},
     entry_points={"console_scripts": ["t5x-lite=t5x_lite.main:main"]},
 )

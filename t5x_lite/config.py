@@ -306,20 +306,34 @@ def check_arguments(config: GinConfig, fn: Callable, check: Callable[..., None])
     """Calls `check` with the arguments of `fn` it names, as gin binds them (macros resolved)
     or as `fn`'s defaults. gin evaluates every `@ref()` argument (a vocabulary to train, say)
     before `fn`'s body runs, so this is how plain values are validated before the slow part."""
-    _configurable(fn)
-    bindings = gin.get_bindings(fn, resolve_references=False)
-    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
-                if p.default is not p.empty}
-    names = inspect.signature(check).parameters
-    if any(name not in bindings and name not in defaults for name in names):
+    names = list(inspect.signature(check).parameters)
+    values = bound_arguments(config, fn, names)
+    if len(values) < len(names):
         return  # an unbound required argument: calling `fn` reports it
-    # deepcopy evaluates a binding's %MACRO (not the @refs of the other arguments).
-    values = {name: copy.deepcopy(bindings[name]) if name in bindings else defaults[name]
-              for name in names}
     try:
         check(**values)
     except ValueError as error:
         raise config.explain_parameter(fn.__name__, str(error)) from error
+
+
+def bound_arguments(config: GinConfig, fn: Callable, names: Sequence[str]) -> dict:
+    """The named arguments of `fn` as a call would receive them (gin's binding, its %MACRO
+    and `@ref()` evaluated, or `fn`'s default), without calling `fn` or evaluating its other
+    arguments; a name neither bound nor defaulted is left out."""
+    _configurable(fn)
+    bindings = gin.get_bindings(fn, resolve_references=False)
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                if p.default is not p.empty}
+    values = {}
+    for name in names:
+        if name in bindings:
+            try:  # deepcopy evaluates this binding's references, not the other arguments'
+                values[name] = copy.deepcopy(bindings[name])
+            except (ValueError, TypeError) as error:
+                raise config.explain(error) from error
+        elif name in defaults:
+            values[name] = defaults[name]
+    return values
 
 
 def _configurable(fn: Callable) -> Callable:

@@ -8,6 +8,8 @@
     t5x-lite embed --gin_file=quickstart/bert_mlm.gin --input=texts.jsonl --output=emb.npy \
         [--queries=q.jsonl --neighbours=nn.jsonl --k=5]  # mean-pooled embeddings, search
     t5x-lite clean --input=tfds:python_docs@train --output_dataset=docs_clean  # runs/clean.gin
+    t5x-lite compile --topology=v5p-256 --gin_file=models/gpt3_175b.gin \
+        --gin_file=runs/pretrain_decoder.gin [--search]  # will it fit? (exit 3 if not)
 
 Every subcommand takes `--gin_file` (repeatable), `--gin.NAME=VALUE` (repeatable, applied
 after the files; later wins) and `--gin_search_paths`. A configuration mistake prints one
@@ -97,6 +99,11 @@ EXPORT_WIRING = """from __gin__ import dynamic_registration
 import t5x_lite.interop.convert as convert
 convert.export_hf.model = %MODEL"""
 
+# `compile` builds the train step from a model and a run file alone: it reads no data and
+# writes nothing, so the run file's data macros and MODEL_DIR need no value.
+COMPILE_WIRING = "\n".join(f"{name} = None" for name in
+                           ("VOCABULARY", "TRAIN_DATA", "EVAL_DATA", "MODEL_DIR"))
+
 # Keep jax/absl chatter out of the terminal unless asked for.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -132,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                  "with --queries, each query's nearest texts (JSONL)",
         "clean": "clean a corpus (dedup, PII, quality, bad words, language) into a TFDS "
                  "dataset with a report; steps in runs/clean.gin (the default)",
+        "compile": "compile the run's train step ahead of time for a TPU topology on this "
+                   "host: memory per device, FLOPs, roofline step time; exit 3 if it does "
+                   "not fit (--search: a grid of meshes, batches, microbatches, remat)",
     }
     for name, help_text in commands.items():
         command = sub.add_parser(name, help=help_text)
@@ -156,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
             _clean_arguments(command)
         if name == "embed":
             _embed_arguments(command)
+        if name == "compile":
+            _compile_arguments(command)
         if name == "memorization":
             command.add_argument("--output_dir", help="memorization.json / .md / .png "
                                  "(default MODEL_DIR/memorization)")
@@ -210,6 +222,30 @@ def _clean_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--beam_options", default="",
                          help="Beam pipeline options, e.g. \"--project=P --region=R "
                               "--temp_location=gs://B/tmp\"")
+
+
+def _compile_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--topology", required=True,
+                         help="a Cloud TPU accelerator type (v4-8, v5p-256, v5litepod-16, "
+                              "v6e-64) or libtpu's chip grid (v5e:4x4, v5p:4x4x8)")
+    command.add_argument("--num_slices", type=int, default=1,
+                         help="identical slices joined over DCN (DCN_MESH_SHAPE; default "
+                              "data parallelism over them)")
+    command.add_argument("--search", action="store_true",
+                         help="try a grid of meshes, batch sizes, microbatches and remat "
+                              "policies; print those that fit, fastest first")
+    command.add_argument("--csv", help="with --search: the table as CSV here")
+    command.add_argument("--decode", action="store_true",
+                         help="also compile decoding's prefill and one step (BATCH_SIZE rows)")
+    grid = command.add_argument_group("search grid", "comma-separated values (aot_search.Grid)")
+    grid.add_argument("--search_model_parallel", default="1,4,8",
+                      help="tensor-parallel sizes (model axis; fsdp takes the rest)")
+    grid.add_argument("--search_data_parallel", default="1", help="pure data-parallel sizes")
+    grid.add_argument("--search_batch_sizes", default="",
+                      help="global batch sizes (default: BATCH_SIZE)")
+    grid.add_argument("--search_microbatches", default="1,4", help="microbatch counts")
+    grid.add_argument("--search_remat", default="own,dots_with_no_batch_dims,full",
+                      help="remat policies ('own': the model's)")
 
 
 def _distributed_arguments(command: argparse.ArgumentParser) -> None:
@@ -285,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             return _convert(args, bindings, search_paths)
         if args.command == "tasks":
             return _tasks(args)
+        if args.command == "compile":  # libtpu compiles for the topology; no TPU is used
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")
         extra = [_wiring(args)] if args.command not in TRAINING_JOBS else []
         gin_files = args.gin_file or (["runs/clean.gin"] if args.command == "clean" else [])
         gin_config = config_lib.GinConfig(gin_files, extra + bindings, search_paths)
@@ -294,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return _best_of_n(args, gin_config)
         if args.command == "clean":
             return _clean(args, gin_config)
+        if args.command == "compile":
+            return _compile(args, gin_config)
         if args.command == "params":
             return _params(gin_config)
         if args.command == "mixture":
@@ -329,6 +369,8 @@ def _evaluates_tasks(args) -> bool:
 
 
 def _wiring(args) -> str:
+    if args.command == "compile":
+        return COMPILE_WIRING
     if args.command == "eval" and _evaluates_tasks(args):
         return TASK_EVAL_WIRING
     if args.command == "mixture":
@@ -438,6 +480,28 @@ def _clean(args, gin_config) -> int:
     print(f"{args.output_dataset}: kept {docs['out']:,} of {docs['in']:,} documents; "
           f"report in {data_dir}/{args.output_dataset}/1.0.0/report.md")
     return 0
+
+
+def _compile(args, gin_config) -> int:
+    from t5x_lite import aot_search, config as config_lib, train_loop
+
+    names = aot_search.TRAIN_ARGUMENTS
+    train = config_lib.bound_arguments(gin_config, train_loop.train, names)
+    missing = [name for name in names if name not in train]
+    if missing:
+        raise config_lib.ConfigError(
+            "compile reads train_loop.train's bindings (a runs/pretrain_*.gin file); not set: "
+            + ", ".join(f"train_loop.train.{name}" for name in missing))
+    grid = None
+    if args.search:
+        numbers = lambda text: tuple(int(n) for n in text.split(",") if n)  # noqa: E731
+        grid = aot_search.Grid(
+            numbers(args.search_model_parallel), numbers(args.search_data_parallel),
+            numbers(args.search_batch_sizes) or None, numbers(args.search_microbatches),
+            tuple(None if r == "own" else r for r in args.search_remat.split(",")))
+    return aot_search.run(train, train_loop.build_trainer, topology=args.topology,
+                   num_slices=args.num_slices, grid=grid, csv_path=args.csv,
+                   decode=args.decode)
 
 
 def _inference(args, gin_config) -> int:

@@ -21,16 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import paths
+from t5x_lite import paths, tpu_topology
 from t5x_lite.models import model_format
 
-# Dense bf16 peak FLOP/s per chip from vendor data sheets.
+# Dense bf16 peak FLOP/s per chip from vendor data sheets (TPUs: tpu_topology.CHIPS, by the
+# device kind jax reports; a real v5p reports "TPU v5").
 KNOWN_PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
+    **{chip.device_kind: chip.peak_flops for chip in tpu_topology.CHIPS.values()},
     "NVIDIA H100 80GB HBM3": 989e12,
     "NVIDIA H200": 989e12,
     "NVIDIA A100-SXM4-80GB": 312e12,

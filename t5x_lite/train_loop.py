@@ -265,21 +265,12 @@ def train(
                     feature_lengths=feature_lengths, log_every=log_every,
                     eval_every=eval_every, checkpoint_every=checkpoint_every)
     fmt = model_format.of(model)
-    converters.check_layout(fmt.architecture, feature_lengths)
     _check_model_reads(model, vocabulary, feature_lengths)
-    sentence_pairs = _check_next_sentence(model, objective)
     mesh = partitioning.make_mesh(mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
-    trainer = Trainer(
-        model, optimizer(learning_rate=learning_rate), learning_rate, mesh, logical_axis_rules,
-        batch_shapes=converters.batch_shapes(fmt, feature_lengths, batch_size,
-                                             sentence_pairs=sentence_pairs),
-        label_smoothing=label_smoothing, z_loss=z_loss, num_microbatches=num_microbatches,
-        loss_chunk_size=loss_chunk_size,
-    )
-    divisor = partitioning.batch_divisor(mesh, trainer.rules)
-    if batch_size % divisor:
-        raise InputError(f"batch_size={batch_size} (BATCH_SIZE) must be a multiple of the "
-                         f"{divisor} batch shards of mesh {dict(mesh.shape)} (MESH_SHAPE)")
+    trainer = build_trainer(
+        model, optimizer, learning_rate, mesh, logical_axis_rules, feature_lengths=feature_lengths,
+        batch_size=batch_size, objective=objective, label_smoothing=label_smoothing, z_loss=z_loss,
+        num_microbatches=num_microbatches, loss_chunk_size=loss_chunk_size)
     pieces, num_pieces = partitioning.batch_pieces(mesh, trainer.rules, data_shards)
 
     def dataset(config, *, training):
@@ -315,6 +306,31 @@ def train(
         state, start_step, trainer.train_step,
         lambda: pipeline.global_batch(next(train_iter), trainer.batch_sharding, batch_size),
         train_iter, evaluate=evaluate_now if eval_data is not None else None, perf=perf)
+
+
+def build_trainer(model: nn.Module, optimizer: Callable[..., optax.GradientTransformation],
+                  learning_rate: optax.Schedule, mesh, logical_axis_rules, *,
+                  feature_lengths: Mapping[str, int], batch_size: int,
+                  objective=objectives.CausalLM(), label_smoothing: float = 0.0,
+                  z_loss: float = 1e-4, num_microbatches: int = 1,
+                  loss_chunk_size: int | str | None = "auto") -> Trainer:
+    """The pretraining `Trainer` on `mesh` (state and steps abstract until used): what `train`
+    runs and what `t5x-lite compile` compiles ahead of time for a TPU topology."""
+    fmt = model_format.of(model)
+    converters.check_layout(fmt.architecture, feature_lengths)
+    sentence_pairs = _check_next_sentence(model, objective)
+    trainer = Trainer(
+        model, optimizer(learning_rate=learning_rate), learning_rate, mesh, logical_axis_rules,
+        batch_shapes=converters.batch_shapes(fmt, feature_lengths, batch_size,
+                                             sentence_pairs=sentence_pairs),
+        label_smoothing=label_smoothing, z_loss=z_loss, num_microbatches=num_microbatches,
+        loss_chunk_size=loss_chunk_size,
+    )
+    divisor = partitioning.batch_divisor(mesh, trainer.rules)
+    if batch_size % divisor:
+        raise InputError(f"batch_size={batch_size} (BATCH_SIZE) must be a multiple of the "
+                         f"{divisor} batch shards of mesh {dict(mesh.shape)} (MESH_SHAPE)")
+    return trainer
 
 
 def initial_params(init_from: str, model: nn.Module, abstract_params):

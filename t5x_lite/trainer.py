@@ -223,8 +223,8 @@ class Trainer:
         return self.module.init(rng, **self.loss.init_inputs(self.module, init_batch))["params"]
 
     def _init_shapes(self):
-        with self._context():
-            boxed = jax.eval_shape(self._init_params_boxed, jax.random.key(0))
+        with self.context():
+            boxed = jax.eval_shape(lambda: self._init_params_boxed(jax.random.key(0)))
         params_shardings = partitioning.param_shardings(boxed, self.mesh, self.rules)
         self.abstract_params = nn.unbox(boxed)
         abstract_opt_state = jax.eval_shape(self.optimizer.init, self.abstract_params)
@@ -253,6 +253,18 @@ class Trainer:
             self.state_shardings,
         )
 
+    def abstract_batch_with_sharding(self) -> dict[str, jax.ShapeDtypeStruct]:
+        return {name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding)
+                for name, x in self.abstract_batch.items()}
+
+    def lower_train_step(self) -> jax.stages.Lowered:
+        """The train step lowered for the abstract state and batch, nothing materialised:
+        `.compile()` it for the mesh's devices, TPUs described on a CPU host included
+        (aot.py)."""
+        with self.context():
+            return self._train_step.lower(self.abstract_state_with_shardings(),
+                                          self.abstract_batch_with_sharding())
+
     def create_state(self, seed: int) -> TrainState:
         def init(seed):
             init_rng, dropout_rng = jax.random.split(jax.random.key(seed))
@@ -264,10 +276,11 @@ class Trainer:
                 rng=jax.random.key_data(dropout_rng),
             )
 
-        with self._context():
+        with self.context():
             return jax.jit(init, out_shardings=self.state_shardings)(seed)
 
-    def _context(self):
+    def context(self):
+        """The mesh and logical-axis rules its steps run under (activation shardings)."""
         return mesh_and_rules(self.mesh, self.rules)
 
     # ----------------------------------------------------------------------- steps
@@ -321,16 +334,16 @@ class Trainer:
         return sums
 
     def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
-        with self._context():
+        with self.context():
             return self._train_step(state, batch)
 
     def eval_step(self, params, batch: Batch) -> dict:
         """Summed (not averaged) loss/correct/tokens, so callers can pool several batches."""
-        with self._context():
+        with self.context():
             return self._eval_step(params, batch)
 
     def logits(self, params, batch: Batch) -> jax.Array:
-        with self._context():
+        with self.context():
             return _jit_apply(self.module)(params, model_inputs(batch))
 
 

@@ -39,7 +39,7 @@ def xla_flops_and_params(model, lengths):
     trainer = Trainer(model, optimizers.adamw(schedule), schedule,
                       partitioning.make_mesh((1, 1, 1)), partitioning.DEFAULT_RULES,
                       batch_shapes=shapes)
-    with trainer._context():
+    with trainer.context():
         compiled = trainer._train_step.lower(trainer.abstract_state_with_shardings(),
                                              trainer.abstract_batch).compile()
     cost = compiled.cost_analysis()

@@ -156,7 +156,7 @@ def step_memory(args, batch_np) -> dict[str, dict[str, float]]:
         state = trainer.abstract_state_with_shardings()
         batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
                  for k, v in batch_np.items()}
-        with trainer._context():
+        with trainer.context():
             analysis = trainer._train_step.lower(state, batch).compile().memory_analysis()
         report[name] = {"arguments": analysis.argument_size_in_bytes / 2**20,
                         "temporaries": analysis.temp_size_in_bytes / 2**20}
