@@ -139,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
                  "with --queries, each query's nearest texts (JSONL)",
         "clean": "clean a corpus (dedup, PII, quality, bad words, language) into a TFDS "
                  "dataset with a report; steps in runs/clean.gin (the default)",
+        "sweep": "run a sweep file's trials (each stage its own process; reruns skip "
+                 "finished trials), then write results.csv/.md and plots",
         "compile": "compile the run's train step ahead of time for a TPU topology on this "
                    "host: memory per device, FLOPs, roofline step time; exit 3 if it does "
                    "not fit (--search: a grid of meshes, batches, microbatches, remat)",
@@ -168,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
             _embed_arguments(command)
         if name == "compile":
             _compile_arguments(command)
+        if name == "sweep":
+            _sweep_arguments(command)
         if name == "memorization":
             command.add_argument("--output_dir", help="memorization.json / .md / .png "
                                  "(default MODEL_DIR/memorization)")
@@ -222,6 +226,18 @@ def _clean_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--beam_options", default="",
                          help="Beam pipeline options, e.g. \"--project=P --region=R "
                               "--temp_location=gs://B/tmp\"")
+
+
+def _sweep_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--sweep_file", required=True, help="a sweep (TOML, t5x_lite/sweeps/"
+                         "spec.py; e.g. experiments/sweeps/*.toml)")
+    command.add_argument("--output_dir", default="runs/sweeps",
+                         help="trials go to OUTPUT_DIR/<sweep name>/<trial> (local or gs://)")
+    command.add_argument("--parallel", type=int, default=1, help="trials run at once")
+    command.add_argument("--dry_run", action="store_true",
+                         help="print every stage's command of every trial; run nothing")
+    command.add_argument("--report_only", action="store_true",
+                         help="rebuild results.csv/.md and plots from the trial directories")
 
 
 def _compile_arguments(command: argparse.ArgumentParser) -> None:
@@ -321,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             return _convert(args, bindings, search_paths)
         if args.command == "tasks":
             return _tasks(args)
+        if args.command == "sweep":
+            return _sweep(args)
         if args.command == "compile":  # libtpu compiles for the topology; no TPU is used
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
         extra = [_wiring(args)] if args.command not in TRAINING_JOBS else []
@@ -479,6 +497,22 @@ def _clean(args, gin_config) -> int:
     docs = summary["documents"]
     print(f"{args.output_dataset}: kept {docs['out']:,} of {docs['in']:,} documents; "
           f"report in {data_dir}/{args.output_dataset}/1.0.0/report.md")
+    return 0
+
+
+def _sweep(args) -> int:
+    from t5x_lite.sweeps import report, runner, spec
+
+    sweep = spec.load(args.sweep_file)
+    if not args.report_only:
+        outcomes = runner.run_sweep(sweep, args.output_dir, parallel=args.parallel,
+                                    dry_run=args.dry_run)
+        if args.dry_run:
+            return 0
+        failed = sum(o.status == "failed" for o in outcomes)
+        print(f"{len(outcomes) - failed} of {len(outcomes)} trials done, {failed} failed")
+    for what, path in report.write(sweep, args.output_dir).items():
+        print(f"wrote {what}: {path}")
     return 0
 
 
