@@ -238,6 +238,17 @@ def _sweep_arguments(command: argparse.ArgumentParser) -> None:
                          help="print every stage's command of every trial; run nothing")
     command.add_argument("--report_only", action="store_true",
                          help="rebuild results.csv/.md and plots from the trial directories")
+    tpu = command.add_argument_group("on Cloud TPU VMs (--launch=tpu; see `launch --help`)")
+    tpu.add_argument("--launch", choices=("local", "tpu"), default="local",
+                     help="tpu: each trial on its own slice, named TPU_PREFIX-<trial hash>")
+    tpu.add_argument("--tpu_prefix", default="sweep")
+    for flag in ("--zone", "--project", "--accelerator_type", "--runtime_version"):
+        tpu.add_argument(flag)
+    tpu.add_argument("--queued", action="store_true")
+    tpu.add_argument("--spot", action="store_true")
+    tpu.add_argument("--poll_seconds", type=float, default=30.0)
+    tpu.add_argument("--keep_tpus", action="store_true",
+                     help="leave the trials' slices up when the sweep ends")
 
 
 def _compile_arguments(command: argparse.ArgumentParser) -> None:
@@ -314,6 +325,8 @@ def split_gin_bindings(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:  # everything after `--` is the remote command, untouched
+        return _launch(argv[1:])
     rest, bindings = split_gin_bindings(argv)
     args = _parser().parse_args(rest)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -380,6 +393,77 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _launch_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t5x-lite launch", description="run a t5x-lite command on every worker of a "
+        "Cloud TPU VM slice (t5x_lite/launch.py): t5x-lite launch --tpu=NAME --zone=Z "
+        "[--create ...] -- train --gin_file=...")
+    parser.add_argument("--tpu", required=True, help="the TPU VM (or queued resource) name")
+    parser.add_argument("--zone", required=True)
+    parser.add_argument("--project")
+    parser.add_argument("--accelerator_type", help="e.g. v5litepod-16, v5p-256, v4-32")
+    parser.add_argument("--runtime_version", help="the TPU VM software version")
+    parser.add_argument("--create", action="store_true", help="create the slice (and "
+                        "recreate it after a preemption) when it is not up")
+    parser.add_argument("--queued", action="store_true", help="as a queued resource")
+    capacity = parser.add_mutually_exclusive_group()
+    capacity.add_argument("--spot", action="store_true")
+    capacity.add_argument("--reserved", action="store_true")
+    parser.add_argument("--max_restarts", type=int, default=3,
+                        help="recreate-and-rerun tries after a preemption")
+    parser.add_argument("--poll_seconds", type=float, default=30.0)
+    parser.add_argument("--log_dir", default="runs/launch", help="per-worker logs (local)")
+    parser.add_argument("--delete", action="store_true", help="tear the slice down")
+    parser.add_argument("--dry_run", action="store_true", help="print every command only")
+    parser.add_argument("--emit", choices=("skypilot", "xpk"),
+                        help="print the equivalent SkyPilot task YAML or xpk command instead")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def _launch(argv: list[str]) -> int:
+    import dataclasses
+    import shlex
+
+    from t5x_lite import launch as launch_lib, paths
+    from t5x_lite.errors import InputError
+
+    own, remote = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
+        else (argv, [])
+    args = _launch_parser().parse_args(own)
+    try:
+        fields = {f.name for f in dataclasses.fields(launch_lib.Launch)}
+        spec = launch_lib.Launch(**{k: v for k, v in vars(args).items() if k in fields})
+        if args.emit:
+            emit = launch_lib.emit_skypilot if args.emit == "skypilot" else launch_lib.emit_xpk
+            print(emit(spec, remote), end="")
+            return 0
+        launcher = launch_lib.Launcher(spec)
+        if args.delete and not remote:
+            print(shlex.join(launch_lib.delete_command(spec)) if args.dry_run
+                  else launcher.delete())
+            return 0
+        if not remote:
+            raise InputError("nothing to run: put the t5x-lite command after --, e.g. "
+                             "-- train --gin_file=...")
+        if args.dry_run:
+            print("\n".join(launch_lib.dry_run(spec, remote)))
+            return 0
+        archive = str(paths.ensure_dir(args.log_dir) / launch_lib.ARCHIVE)
+        code = launcher.launch_and_run(remote, launch_lib.code_archive(archive))
+        if args.delete:
+            print(launcher.delete())
+        return code
+    except InputError as error:
+        print(f"t5x-lite launch: input error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except Exception as error:  # noqa: BLE001
+        if args.verbose:
+            traceback.print_exc()
+        print(f"t5x-lite launch: error: {error}".splitlines()[0], file=sys.stderr)
+        return 1
 
 
 def _evaluates_tasks(args) -> bool:
@@ -504,9 +588,15 @@ def _sweep(args) -> int:
     from t5x_lite.sweeps import report, runner, spec
 
     sweep = spec.load(args.sweep_file)
+    execute = runner.run_local
+    if args.launch == "tpu" and not (args.report_only or args.dry_run):
+        execute = _tpu_executor(args)
     if not args.report_only:
-        outcomes = runner.run_sweep(sweep, args.output_dir, parallel=args.parallel,
-                                    dry_run=args.dry_run)
+        try:
+            outcomes = runner.run_sweep(sweep, args.output_dir, parallel=args.parallel,
+                                        dry_run=args.dry_run, execute=execute)
+        finally:
+            _delete_tpus(args, execute)
         if args.dry_run:
             return 0
         failed = sum(o.status == "failed" for o in outcomes)
@@ -514,6 +604,31 @@ def _sweep(args) -> int:
     for what, path in report.write(sweep, args.output_dir).items():
         print(f"wrote {what}: {path}")
     return 0
+
+
+def _tpu_executor(args):
+    from t5x_lite import launch as launch_lib, paths
+
+    if paths.is_local(args.output_dir):
+        print(f"t5x-lite sweep: warning: --output_dir={args.output_dir} is local: the TPU "
+              "workers write their MODEL_DIRs there on their own disks (use gs://)",
+              file=sys.stderr)
+    template = launch_lib.Launch(tpu=args.tpu_prefix, zone=args.zone, project=args.project,
+                                 accelerator_type=args.accelerator_type,
+                                 runtime_version=args.runtime_version, create=True,
+                                 queued=args.queued, spot=args.spot,
+                                 poll_seconds=args.poll_seconds)
+    archive = str(paths.ensure_dir(template.log_dir) / launch_lib.ARCHIVE)
+    return launch_lib.sweep_executor(template, launch_lib.code_archive(archive))
+
+
+def _delete_tpus(args, execute) -> None:
+    from t5x_lite import launch as launch_lib
+
+    for name in getattr(execute, "created", ()) if not args.keep_tpus else ():
+        template = launch_lib.Launch(tpu=name, zone=args.zone, project=args.project,
+                                     queued=args.queued)
+        print(launch_lib.Launcher(template).delete())
 
 
 def _compile(args, gin_config) -> int:
