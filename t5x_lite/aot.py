@@ -83,7 +83,7 @@ class Program:
         """Compiles `lowered`; `argument_bytes` stand for the arguments if it is refused."""
         started = time.perf_counter()
         try:
-            compiled = lowered.compile()
+            compiled = compile_described(lowered)
         except Exception as error:  # noqa: BLE001 - only the compiler's out-of-memory refusal
             if "RESOURCE_EXHAUSTED" not in str(error):
                 raise
@@ -110,6 +110,17 @@ class Program:
                    f"libtpu's compiler: {line}", usable)
 
 
+def compile_described(lowered):
+    """`lowered.compile()` without the persistent compilation cache (the tests keep one): it
+    can neither load nor should keep programs for devices that are only described."""
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        return lowered.compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
+
+
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GiB, "T": 1024 * GiB}
 _SIZE = r"([\d.]+)([KMGT]?)B?"
 # libtpu's two phrasings of "the program does not fit".
@@ -122,9 +133,10 @@ def _bytes(number: str, unit: str) -> int:
 
 
 def fits_on(program: Program, chip: tpu_topology.Chip) -> tuple[bool, int]:
-    """(whether it fits, the HBM it was held to: the compiler's if it said, else the data
-    sheet's)."""
-    hbm = program.usable or chip.hbm_bytes
+    """(whether it fits, the HBM it was held to: what libtpu lets a program use). The
+    compiler itself checks only the temporaries, so a program it accepts may still not fit
+    with its arguments: the total decides."""
+    hbm = program.usable or chip.usable_hbm_bytes
     return program.out_of_memory is None and program.total <= hbm, hbm
 
 
@@ -136,10 +148,9 @@ def verdict(program: Program, chip: tpu_topology.Chip) -> str:
     if fits:
         return (f"fits: {gib(program.total)} of {gib(hbm)} per device "
                 f"({gib(hbm - program.total)} to spare)")
-    usable = "libtpu can use" if program.usable else "has"
     return (f"does not fit: needs {gib(program.total)} per device, "
             f"{gib(program.total - hbm)} more than the {gib(hbm)} of HBM a "
-            f"{chip.device_kind} chip {usable}")
+            f"{chip.device_kind} chip libtpu can use")
 
 
 @dataclasses.dataclass
@@ -294,6 +305,7 @@ def summary(report: Report, model) -> str:
     """The compile command's printout for one plan."""
     chip, plan = report.topology.chip, report.plan
     model_per_device = report.model_flops / report.topology.num_devices
+    ratio = report.flops_per_device / max(model_per_device, 1.0)
     lines = [
         f"topology   {report.topology.describe()}",
         f"model      {type(model).__name__} ({model_format.of(model).architecture}, "
@@ -305,7 +317,7 @@ def summary(report: Report, model) -> str:
                       f"{gib(report.state_bytes)}, batch {gib(report.batch_bytes)}"),
         "per step:",
         f"  FLOPs per device  {report.flops_per_device:.4g} (model FLOPs {model_per_device:.4g}: "
-        f"6N per token + attention; ratio {report.flops_per_device / max(model_per_device, 1):.2f})",
+        f"6N per token + attention; ratio {ratio:.2f})",
     ]
     if report.program.out_of_memory is None:  # a refused program has no cost analysis
         lines += [

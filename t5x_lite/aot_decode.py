@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from t5x_lite import tpu_topology
-from t5x_lite.aot import Program, fits_on, gib, memory_lines, sharded_bytes, verdict
+from t5x_lite.aot import (Program, compile_described, fits_on, gib, memory_lines, sharded_bytes,
+                          verdict)
 from t5x_lite.models import incremental, model_format
 
 
@@ -65,7 +66,7 @@ def compile_decoding(trainer, *, batch: int, prompt_length: int, max_length: int
     with trainer.context():
         prepare = jax.jit(lambda p: incremental.prepare(module, p).params)
         decode_params = _abstract(jax.eval_shape(prepare, params),
-                                  prepare.lower(params).compile().output_shardings)
+                                  compile_described(prepare.lower(params)).output_shardings)
         _, cache, extra = jax.eval_shape(prefill, decode_params, *inputs)
         cache, extra = _by_rows((cache, extra), batch, rows)
         weights, held = sharded_bytes(decode_params), sharded_bytes(cache)

@@ -32,16 +32,20 @@ class Chip:
     torus_dims: int  # 3: v4 and v5p (4-chip hosts, cubes); 2: v5e and v6e
     cores_per_chip_in_name: int  # 2 where the accelerator type counts TensorCores
     max_chips: int  # the largest single slice
+    usable_hbm_bytes: int  # what libtpu's compiler lets a program use (its refusals say)
     chip_config: str = "default"
 
 
-# HBM sizes: the data sheets write "32 GiB" (v4), "16 GB" (v5e), "95 GB" (v5p), "32 GB" (v6e);
-# taken as GiB, as the devices report them.
+# HBM sizes: the data sheets write "32 GiB" (v4), "16 GB" (v5e), "95 GB" (v5p), "32 GB" (v6e),
+# taken as GiB. Usable: "exceeds available HBM (30.75G / 15.75G / 95.74G / 31.25G)" in
+# libtpu 0.0.42's refusals of too large programs, measured with `t5x-lite compile`.
 CHIPS = {
-    "v4": Chip("v4", "TPU v4", 275e12, 32 * GiB, 1200e9, 3, 2, 4096, "megacore"),
-    "v5e": Chip("v5e", "TPU v5 lite", 197e12, 16 * GiB, 819e9, 2, 1, 256),
-    "v5p": Chip("v5p", "TPU v5", 459e12, 95 * GiB, 2765e9, 3, 2, 6144, "megacore"),
-    "v6e": Chip("v6e", "TPU v6 lite", 918e12, 32 * GiB, 1638e9, 2, 1, 256),
+    "v4": Chip("v4", "TPU v4", 275e12, 32 * GiB, 1200e9, 3, 2, 4096, int(30.75 * GiB),
+               "megacore"),
+    "v5e": Chip("v5e", "TPU v5 lite", 197e12, 16 * GiB, 819e9, 2, 1, 256, int(15.75 * GiB)),
+    "v5p": Chip("v5p", "TPU v5", 459e12, 95 * GiB, 2765e9, 3, 2, 6144, int(95.74 * GiB),
+                "megacore"),
+    "v6e": Chip("v6e", "TPU v6 lite", 918e12, 32 * GiB, 1638e9, 2, 1, 256, int(31.25 * GiB)),
 }
 # The accelerator-type prefixes Cloud TPU uses, by generation.
 PREFIXES = {"v4": "v4", "v5p": "v5p", "v5litepod": "v5e", "v5e": "v5e", "v6e": "v6e"}
@@ -79,7 +83,8 @@ class Topology:
     def describe(self) -> str:
         slices = f" x {self.num_slices} slices" if self.num_slices > 1 else ""
         return (f"{self.accelerator_type} ({self.libtpu_name}{slices}: {self.num_devices} "
-                f"{self.chip.device_kind} chips, {self.chip.hbm_bytes / GiB:.0f} GiB HBM each)")
+                f"{self.chip.device_kind} chips, {self.chip.hbm_bytes / GiB:.0f} GiB HBM each, "
+                f"{self.chip.usable_hbm_bytes / GiB:.2f} usable)")
 
     def devices(self) -> list:
         """The slice's devices as jit sees them on a TPU VM (compile-only: nothing runs)."""

@@ -25,7 +25,20 @@ CASES = {
                                   {"inputs": 48, "targets": 48}),
     "encoder_decoder/causal_lm": (ENCODER_DECODER, objectives.CausalLM(),
                                   {"inputs": 8, "targets": 64}),
+    # T5 Table 2's decoder-only + denoising rows: corrupted inputs and targets in one row.
+    "decoder/span_corruption(causal)": (DECODER, objectives.SpanCorruption(), {"targets": 64}),
+    "decoder/span_corruption(bidirectional)": (PREFIX_LM, objectives.SpanCorruption(),
+                                               {"targets": 64}),
 }
+
+
+def test_span_corruption_fills_a_decoder_row():
+    objective = objectives.SpanCorruption()
+    inputs = objective.decoder_inputs_length(512)
+    _, targets = objectives.random_spans_helper(inputs)
+    _, one_more = objectives.random_spans_helper(inputs + 1)
+    assert inputs + targets <= 512 < inputs + 1 + one_more
+    assert objective.raw_length({"targets": 512}) == objectives.random_spans_helper(inputs)[0]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -374,6 +374,11 @@ class SpanCorruption:
     concatenate_documents: bool = True
 
     def raw_length(self, feature_lengths: Mapping[str, int]) -> int:
+        """Encoder-decoder: the raw tokens whose corruption fills `inputs`. Decoder-only
+        ({'targets': L}, T5's "decoder-only + denoising": inputs and targets share one
+        row): the longest inputs whose corruption and targets fit L together."""
+        if "inputs" not in feature_lengths:
+            feature_lengths = {"inputs": self.decoder_inputs_length(feature_lengths["targets"])}
         tokens_length, targets_length = random_spans_helper(
             feature_lengths["inputs"], self.noise_density, self.mean_noise_span_length)
         _, spans = noise_span_counts(tokens_length, self.noise_density,
@@ -388,6 +393,15 @@ class SpanCorruption:
                 f"{targets_length} that span corruption of {feature_lengths['inputs']} input "
                 "tokens needs (random_spans_helper)")
         return tokens_length
+
+    def decoder_inputs_length(self, row_length: int) -> int:
+        for inputs_length in range(row_length - 1, 1, -1):
+            _, targets_length = random_spans_helper(
+                inputs_length, self.noise_density, self.mean_noise_span_length)
+            if inputs_length + targets_length <= row_length:
+                return inputs_length
+        raise ValueError(f"a {row_length}-token row cannot hold span-corrupted inputs and "
+                         "their targets")
 
     def __call__(self, tokens, seed):
         if self.vocab_size is None:

@@ -82,8 +82,12 @@ class Trial:
     @property
     def name(self) -> str:
         """Readable bindings and a short hash of the exact ones (directory-safe)."""
-        parts = [f"{key.split(':')[-1].split('.')[-1]}={_short(value)}"
-                 for key, value in self.values.items()]
+        parts = []
+        for key, value in self.values.items():
+            name = key.split(":")[-1].split(".")[-1]
+            part = _short(value) if name == GIN_FILE else f"{name}={_short(value)}"
+            if part not in parts:  # a gin file several stages read: named once
+                parts.append(part)
         parts.append(f"seed={self.seed}")
         digest = hashlib.sha1(repr((sorted(self.values.items()), self.seed)).encode())
         readable = re.sub(r"[^A-Za-z0-9=.,_+-]+", "_", ",".join(parts))[:120]
