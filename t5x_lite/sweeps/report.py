@@ -111,11 +111,12 @@ def markdown(sweep: spec.Sweep, groups: Sequence[dict], failed: Sequence[dict]) 
         means = [g[name][0] for g in groups if not math.isnan(g[name][0])]
         if means:
             best[name] = min(means) if lower_is_better(name) else max(means)
+    headers = [*keys, "seeds", *(name.rpartition("#")[2] or name for name in figures)]
     lines = [f"# Sweep {sweep.name}", "",
-             "| " + " | ".join([*keys, "seeds", *figures]) + " |",
+             "| " + " | ".join(headers) + " |",
              "|" + "---|" * (len(keys) + 1 + len(figures))]
     for group in groups:
-        cells = [str(group[k]) for k in keys] + [str(group["seeds"])]
+        cells = [spec.short(group[k]) for k in keys] + [str(group["seeds"])]
         for name in figures:
             mean, std = group[name]
             spread = not math.isnan(std) and name not in DESCRIPTIVE
@@ -181,7 +182,8 @@ def _plots(sweep: spec.Sweep, output_dir: str, groups: Sequence[dict]) -> dict[s
     downstream = [m for m in sweep.metrics if not lower_is_better(m)]
     if downstream:
         name = downstream[0]
-        labels = [", ".join(str(g[k]) for k in _axis_keys(sweep)) or sweep.name for g in groups]
+        labels = [", ".join(dict.fromkeys(spec.short(g[k]) for k in _axis_keys(sweep)))
+                  or sweep.name for g in groups]
         means = [g[name][0] for g in groups]
         stds = [0.0 if math.isnan(g[name][1]) else g[name][1] for g in groups]
         fig, ax = plt.subplots(figsize=(max(4, len(groups) * 1.2), 4))

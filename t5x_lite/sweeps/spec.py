@@ -85,7 +85,7 @@ class Trial:
         parts = []
         for key, value in self.values.items():
             name = key.split(":")[-1].split(".")[-1]
-            part = _short(value) if name == GIN_FILE else f"{name}={_short(value)}"
+            part = short(value) if name == GIN_FILE else f"{name}={short(value)}"
             if part not in parts:  # a gin file several stages read: named once
                 parts.append(part)
         parts.append(f"seed={self.seed}")
@@ -112,7 +112,7 @@ class Trial:
         return files, bindings
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
     """A value as a name part: a gin file's stem, a string without its quotes."""
     text = value if isinstance(value, str) else repr(value)
     return text.rsplit("/", 1)[-1].removesuffix(".gin").strip("'\"")
