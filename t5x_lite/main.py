@@ -10,6 +10,8 @@
     t5x-lite clean --input=tfds:python_docs@train --output_dataset=docs_clean  # runs/clean.gin
     t5x-lite compile --topology=v5p-256 --gin_file=models/gpt3_175b.gin \
         --gin_file=runs/pretrain_decoder.gin [--search]  # will it fit? (exit 3 if not)
+    t5x-lite sweep --sweep_file=experiments/sweeps/learning_rate.toml [--dry_run]
+    t5x-lite launch --tpu=NAME --zone=Z [--create ...] -- train --gin_file=...
 
 Every subcommand takes `--gin_file` (repeatable), `--gin.NAME=VALUE` (repeatable, applied
 after the files; later wins) and `--gin_search_paths`. A configuration mistake prints one
@@ -141,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
                  "dataset with a report; steps in runs/clean.gin (the default)",
         "sweep": "run a sweep file's trials (each stage its own process; reruns skip "
                  "finished trials), then write results.csv/.md and plots",
+        "launch": "run a t5x-lite command on every worker of a Cloud TPU VM slice: launch "
+                  "--tpu=NAME --zone=Z [--create ...] -- train ... (see launch --help)",
         "compile": "compile the run's train step ahead of time for a TPU topology on this "
                    "host: memory per device, FLOPs, roofline step time; exit 3 if it does "
                    "not fit (--search: a grid of meshes, batches, microbatches, remat)",
