@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
