@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python experiments/demo.py
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 # FLAN's held-out-cluster experiment on CPU (experiments/flan/README.md): about 45 minutes.
 flan: $(VENV)/.installed

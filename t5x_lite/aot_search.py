@@ -8,9 +8,7 @@ command, printing one plan's figures or the grid's table (and CSV).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -199,8 +197,4 @@ def decode_lengths(feature_lengths: Mapping[str, int]) -> dict[str, int]:
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, SEARCH_COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-    paths.atomic_write_text(paths.as_path(path), text.getvalue())
+    paths.atomic_write_csv(paths.as_path(path), rows, SEARCH_COLUMNS)

@@ -21,6 +21,8 @@ Remote backends come from fsspec (gcsfs for gs://: `pip install 't5x_lite[gcs]'`
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import logging
 import os
 import re
@@ -214,6 +216,15 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 def atomic_write_text(path: PathLike, text: str) -> None:
     with atomic_output(path) as f:
         f.write(text)
+
+
+def atomic_write_csv(path: PathLike, rows, columns) -> None:
+    """A table of dicts as CSV with a header, written whole or not at all."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 @contextlib.contextmanager

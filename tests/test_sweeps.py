@@ -1,6 +1,8 @@
 """Sweeps (t5x_lite/sweeps/): expansion, naming, commands, skip/resume, failures, reports."""
 import csv
+import io
 import json
+import pathlib
 import shlex
 
 import pytest
@@ -144,10 +146,10 @@ def test_report_from_trial_directories(tmp_path):
         runner._write_status(str(directory), trial, {
             "train": {"status": "done"}, "eval": {"status": "done"}})
     written = report.write(sweep, str(tmp_path))
-    rows = list(csv.DictReader(open(written["csv"])))
+    rows = list(csv.DictReader(io.StringIO(pathlib.Path(written["csv"]).read_text())))
     assert len(rows) == 4 and rows[0]["parameters"] == "1234567.0"
     assert float(rows[0]["train:eval/perplexity"]) == 30.0
-    table = open(written["markdown"]).read()
+    table = pathlib.Path(written["markdown"]).read_text()
     assert "| 0.003 | 2 | 1,234,567 | 0.5 |" in table
     assert "**21 ± 1**" in table and "**62 ± 2**" in table  # lower perplexity, higher mean
     assert "31 ± 1" in table and "**31" not in table
@@ -157,7 +159,7 @@ def test_report_from_trial_directories(tmp_path):
 def test_report_lists_failed_trials(sweep, tmp_path):
     runner.run_sweep(sweep, str(tmp_path), execute=fake_executor([], lambda a: a[0] == "train"),
                      log=lambda line: None)
-    table = open(report.write(sweep, str(tmp_path))["markdown"]).read()
+    table = pathlib.Path(report.write(sweep, str(tmp_path))["markdown"]).read_text()
     assert "Failed trials:" in table and table.count("learning rate refused") == 12
 
 
@@ -182,7 +184,7 @@ LEARNING_RATE = [1e-3, 1e-2]
     assert main.main(args) == 0
     out = capsys.readouterr().out
     assert "2 of 2 trials done, 0 failed" in out and "wrote markdown" in out
-    rows = list(csv.DictReader(open(tmp_path / "out" / "two" / "results.csv")))
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "two" / "results.csv").read_text())))
     assert [r["status"] for r in rows] == ["done", "done"]
     assert all(float(r["validation_loss"]) > 0 and float(r["parameters"]) > 0 for r in rows)
     assert main.main(args) == 0 and capsys.readouterr().out.count("skipped") == 2

@@ -10,8 +10,6 @@ sweep's metrics that is not a loss, `metric.png` (a bar per group, ± std).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
@@ -142,11 +140,7 @@ def write(sweep: spec.Sweep, output_dir: str) -> dict[str, str]:
     rows = [trial_row(trial, output_dir) for trial in spec.trials(sweep)]
     directory = paths.as_path(output_dir) / sweep.name
     paths.ensure_dir(directory)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    paths.atomic_write_text(directory / "results.csv", text.getvalue())
+    paths.atomic_write_csv(directory / "results.csv", rows, rows[0])
     groups = grouped(sweep, rows)
     failed = [row for row in rows if row["status"] == "failed"]
     paths.atomic_write_text(directory / "results.md", markdown(sweep, groups, failed))
