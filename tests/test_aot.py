@@ -65,19 +65,20 @@ def test_memory_grows_with_the_batch_and_shrinks_with_fsdp(config):
     lengths = ({"targets": 256} if config is TINY_DECODER else {"inputs": 128, "targets": 32})
     base = compile_on("v5e:2x2", model, aot.Plan((4, 1, 1), 32), lengths)
     double = compile_on("v5e:2x2", model, aot.Plan((4, 1, 1), 64), lengths)
-    sharded = compile_on("v5e:4x4", model, aot.Plan((1, 16, 1), 16), lengths)
-    half = compile_on("v5e:4x4", model, aot.Plan((2, 8, 1), 16), lengths)
     assert base.fits and base.mesh == {"data": 4, "fsdp": 1, "model": 1}
     # Twice the rows per device: twice the batch bytes, more temporaries, the same state.
     assert double.batch_bytes == 2 * base.batch_bytes
     assert double.program.temporaries > 1.5 * base.program.temporaries
     assert double.state_bytes == base.state_bytes and double.total > base.total
-    # fsdp 16 vs 8 on the same batch: each device holds about half the state.
-    assert sharded.state_bytes < 0.6 * half.state_bytes
-    assert sharded.total < half.total
     # The FLOPs XLA would count with the layers unrolled, and the model formula, agree.
     assert 0.95 < base.flops_per_device / (base.model_flops / 4) < 1.2
     assert 0.0 < base.mfu <= 1.0 and base.step_seconds > 0
+    if config is TINY_DECODER:  # sharding the state is the model's business alike: one is enough
+        sharded = compile_on("v5e:4x4", model, aot.Plan((1, 16, 1), 16), lengths)
+        half = compile_on("v5e:4x4", model, aot.Plan((2, 8, 1), 16), lengths)
+        # fsdp 16 vs 8 on the same batch: each device holds about half the state.
+        assert sharded.state_bytes < 0.6 * half.state_bytes
+        assert sharded.total < half.total
 
 
 def test_step_flops_count_every_layer_and_remat():
@@ -173,7 +174,7 @@ def test_cli_search_writes_the_table_and_csv(capsys, tmp_path):
                       "--search_remat=own", f"--csv={path}"])
     out = capsys.readouterr().out
     assert code == 0 and "| fits | data | fsdp | model |" in out and "best: mesh" in out
-    rows = list(csv.DictReader(path.open()))
+    rows = list(csv.DictReader(path.read_text().splitlines()))
     assert [(r["fsdp"], r["model"]) for r in rows] in ([("4", "1"), ("2", "2")],
                                                        [("2", "2"), ("4", "1")])
     assert float(rows[0]["tokens_per_s"]) >= float(rows[1]["tokens_per_s"])
