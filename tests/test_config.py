@@ -252,24 +252,25 @@ def test_unused_macro_in_a_gin_file_names_file_and_line(gin_config, tmp_path):
 
 
 def test_macro_that_only_this_command_ignores_is_an_error_on_the_command_line(gin_config):
-    from t5x_lite import config, main
+    from t5x_lite import cli_wiring, config
 
     # `params` counts the model: a batch size set for it is a mistake, not a typo.
     with pytest.raises(config.ConfigError, match=r"^--gin\.BATCH_SIZE=4: macro BATCH_SIZE is "
                                                  r"bound but never used$"):
-        gin_config(["models/decoder_tiny.gin"], [main.PARAMS_WIRING, "BATCH_SIZE = 4"])
+        gin_config(["models/decoder_tiny.gin"], [cli_wiring.PARAMS_WIRING, "BATCH_SIZE = 4"])
     # ...and so is a data file's EVAL_DATA given as a flag to a command that reads no data.
     with pytest.raises(config.ConfigError, match=r"^--gin\.EVAL_DATA=None: macro EVAL_DATA"):
-        gin_config(["models/decoder_tiny.gin"], [main.PARAMS_WIRING, "EVAL_DATA = None"])
+        gin_config(["models/decoder_tiny.gin"], [cli_wiring.PARAMS_WIRING, "EVAL_DATA = None"])
 
 
 def test_packaged_compositions_use_every_macro_they_bind(gin_config):
     """Model, data and run files define macros for each other and for the CLI's commands
     (config.INTERFACE_MACROS): a command that reads only some of them is not an error."""
-    from t5x_lite import config, main
+    from t5x_lite import cli_wiring, config
 
-    wirings = {"train": [], "params": [main.PARAMS_WIRING], "export": [main.EXPORT_WIRING],
-               **{command: [wiring] for command, wiring in main.WIRING.items()}}
+    wirings = {"train": [], "params": [cli_wiring.PARAMS_WIRING],
+               "export": [cli_wiring.EXPORT_WIRING],
+               **{command: [wiring] for command, wiring in cli_wiring.WIRING.items()}}
     c4_flags = ["DATA_DIR = '/tmp/data'", "SENTENCEPIECE_MODEL = 'x'"]  # required by c4.gin
     # A classifier's run file serves `train_classifier` and `eval --tasks` (checked below).
     classifiers = {"bert_classify.gin"}
@@ -288,8 +289,8 @@ def test_packaged_compositions_use_every_macro_they_bind(gin_config):
             flags = ["MODEL_DIR = '/tmp/run'"] + (c4_flags if "data/c4.gin" in files else [])
             gin_config(files, wiring + flags)  # raises ConfigError on a false alarm
     for name in ("instruction_tune_decoder.gin", "instruction_tune_t5.gin"):
-        for wiring in (main.MIXTURE_WIRING, main.TASK_EVAL_WIRING):
+        for wiring in (cli_wiring.MIXTURE_WIRING, cli_wiring.TASK_EVAL_WIRING):
             gin_config([f"quickstart/{name}"], [wiring])
     for name in classifiers:
-        for wiring in ([], [main.TASK_EVAL_WIRING], [main.PARAMS_WIRING]):
+        for wiring in ([], [cli_wiring.TASK_EVAL_WIRING], [cli_wiring.PARAMS_WIRING]):
             gin_config([f"quickstart/{name}"], wiring)
