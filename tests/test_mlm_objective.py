@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from t5x_lite import trainer as trainer_lib
 from t5x_lite.data import feature_converters as fc
-from t5x_lite.data import objectives, pipeline
+from t5x_lite.data import masked_lm, pipeline
 from t5x_lite.models.model_format import ModelFormat
 
 EOS, MASK = 1, 8291
@@ -30,7 +30,7 @@ def tokens_for(length, seed):
 
 
 def corrupt(tokens, seed, **kwargs):
-    return objectives.masked_lm(tokens, seed, mask_id=MASK, random_ids=RANDOM_IDS, eos_id=EOS,
+    return masked_lm.masked_lm(tokens, seed, mask_id=MASK, random_ids=RANDOM_IDS, eos_id=EOS,
                                 **kwargs)
 
 
@@ -107,11 +107,11 @@ def test_whole_word_masking_takes_whole_words(length, seed, table_seed):
     tokens, starts = tokens_for(length, seed), word_table(table_seed)
     out = corrupt(tokens, seed, word_starts=starts)
     selected = out["selected"][:-1].astype(bool)
-    words = objectives.word_ids(tokens, starts)
+    words = masked_lm.word_ids(tokens, starts)
     sizes = np.bincount(words)
     chosen = np.bincount(words, weights=selected)
     assert set(np.unique(chosen / sizes)) <= {0.0, 1.0}  # every word: all pieces or none
-    target, count = objectives.num_to_predict(length), int(selected.sum())
+    target, count = masked_lm.num_to_predict(length), int(selected.sum())
     assert count <= target
     # BERT's greedy fill falls short only when no unchosen word fits the remainder.
     unchosen = sizes[chosen == 0]
@@ -132,25 +132,25 @@ def test_whole_word_rate_over_many_rows():
 def test_word_ids_start_a_word_at_the_chunk_edge():
     starts = np.zeros(10, bool)
     starts[[5, 7]] = True
-    np.testing.assert_array_equal(objectives.word_ids(np.array([3, 5, 3, 7, 3]), starts),
+    np.testing.assert_array_equal(masked_lm.word_ids(np.array([3, 5, 3, 7, 3]), starts),
                                   [0, 1, 1, 2, 2])
 
 
 def test_masked_lm_options_are_checked():
     with pytest.raises(ValueError, match="mask_rate"):
-        objectives.MaskedLM(mask_rate=0.0)
+        masked_lm.MaskedLM(mask_rate=0.0)
     with pytest.raises(ValueError, match="sum to at most 1"):
-        objectives.MaskedLM(mask_token_rate=0.8, random_token_rate=0.3)
+        masked_lm.MaskedLM(mask_token_rate=0.8, random_token_rate=0.3)
     with pytest.raises(ValueError, match="pipeline binds"):
-        objectives.MaskedLM()(np.arange(3, 10), 0)
-    assert objectives.MaskedLM().raw_length({"inputs": 128}) == 127
+        masked_lm.MaskedLM()(np.arange(3, 10), 0)
+    assert masked_lm.MaskedLM().raw_length({"inputs": 128}) == 127
 
 
 # ------------------------------------------------------------- binding to the vocabulary
 def test_bind_takes_the_mask_id_from_the_format(vocabulary):
     mask_id = vocabulary.sentinel_id(0)
     fmt = ModelFormat(architecture="encoder", mask_id=mask_id)
-    bound = pipeline.bind_vocabulary(objectives.MaskedLM(whole_word=True), vocabulary, fmt)
+    bound = pipeline.bind_vocabulary(masked_lm.MaskedLM(whole_word=True), vocabulary, fmt)
     assert bound.mask_id == mask_id and bound.eos_id == vocabulary.eos_id
     ids = set(bound.random_ids.tolist())
     assert not ids & {vocabulary.pad_id, vocabulary.eos_id, vocabulary.unk_id, mask_id}
@@ -161,9 +161,9 @@ def test_bind_takes_the_mask_id_from_the_format(vocabulary):
     word = vocabulary.encode("return")  # a word-start piece, then any continuations
     assert bound.word_starts[word[0]] and not bound.word_starts[word[1:]].any()
     with pytest.raises(ValueError, match="ModelFormat.mask_id"):
-        objectives.MaskedLM().bind(vocabulary, ModelFormat(architecture="encoder"))
+        masked_lm.MaskedLM().bind(vocabulary, ModelFormat(architecture="encoder"))
     with pytest.raises(ValueError, match="leave MaskedLM's unset"):
-        objectives.MaskedLM(mask_id=5).bind(vocabulary, fmt)
+        masked_lm.MaskedLM(mask_id=5).bind(vocabulary, fmt)
 
 
 # ------------------------------------------------------------------ the encoder layout
@@ -201,7 +201,7 @@ def test_encoder_features_weigh_the_selected_positions(sizes, pad, seed):
     np.testing.assert_array_equal(features["encoder_loss_weights"], packed["selected"])
     np.testing.assert_array_equal(features["encoder_segment_ids"], packed["inputs_segment_ids"])
     np.testing.assert_array_equal(features["encoder_target_tokens"], packed["targets"])
-    assert features["encoder_loss_weights"].sum() == sum(map(objectives.num_to_predict, sizes))
+    assert features["encoder_loss_weights"].sum() == sum(map(masked_lm.num_to_predict, sizes))
 
 
 def test_encoder_layout_checks():
@@ -252,11 +252,11 @@ def test_loss_reads_the_encoder_targets_and_weights():
 def test_pipeline_masks_about_fifteen_percent(data_dir, vocabulary, whole_word):
     fmt = ModelFormat(architecture="encoder", mask_id=vocabulary.sentinel_id(0))
     lengths = {"inputs": 64}
-    objective = objectives.MaskedLM(whole_word=whole_word)
+    objective = masked_lm.MaskedLM(whole_word=whole_word)
     dataset, _ = pipeline.make_dataset(
         pipeline.DatasetConfig(data_dir=data_dir), vocabulary, feature_lengths=lengths,
         batch_size=4, objective=objective, model_format=fmt, seed=3)
-    starts = objectives.word_start_table(vocabulary)
+    starts = masked_lm.word_start_table(vocabulary)
     shapes = fc.batch_shapes(fmt, lengths, 4)
     weighted = real = 0
     iterator = iter(dataset)
@@ -284,11 +284,11 @@ def check_row(row, fmt, word_starts):
         np.testing.assert_array_equal(row["encoder_positions"][where], np.arange(len(where)))
         assert targets[where[-1]] == fmt.eos_id and weights[where[-1]] == 0
         chosen = weights[where[:-1]].astype(bool)
-        expected = objectives.num_to_predict(len(where) - 1)
+        expected = masked_lm.num_to_predict(len(where) - 1)
         if word_starts is None:
             assert chosen.sum() == expected
         else:
-            words = objectives.word_ids(targets[where[:-1]], word_starts)
+            words = masked_lm.word_ids(targets[where[:-1]], word_starts)
             share = np.bincount(words, weights=chosen) / np.bincount(words)
             assert set(np.unique(share)) <= {0.0, 1.0} and chosen.sum() <= expected
     return int(weights.sum()), int((segments > 0).sum())

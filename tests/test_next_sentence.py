@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from t5x_lite import partitioning, trainer as trainer_lib
 from t5x_lite.data import feature_converters as converters
 from t5x_lite.data import next_sentence as nsp
-from t5x_lite.data import objectives, pipeline
+from t5x_lite.data import masked_lm, pipeline
 from t5x_lite.errors import InputError
 from t5x_lite.models import encoder, model_format
 
@@ -47,7 +47,7 @@ def test_sentence_pair(tokens, other, seed, words):
 def test_masked_lm_pair_rows():
     """A EOS B EOS: token types 0 up to the first EOS, the label at the first position, the
     masked-LM selection count of A+B and never a separator selected."""
-    objective = objectives.MaskedLM(next_sentence=True, mask_id=VOCAB - 1, eos_id=1,
+    objective = masked_lm.MaskedLM(next_sentence=True, mask_id=VOCAB - 1, eos_id=1,
                                     random_ids=np.arange(3, VOCAB - 1, dtype=np.int32),
                                     word_starts=WORD_STARTS)
     rng = np.random.default_rng(0)
@@ -62,13 +62,13 @@ def test_masked_lm_pair_rows():
         assert np.array_equal(row["targets"], np.concatenate([first, [1], second, [1]]))
         assert row["inputs"][cut] == row["inputs"][-1] == 1
         assert not row["selected"][cut] and not row["selected"][-1]
-        assert row["selected"].sum() == objectives.num_to_predict(len(first) + len(second))
+        assert row["selected"].sum() == masked_lm.num_to_predict(len(first) + len(second))
         assert np.array_equal(row["token_types"],
                               np.arange(len(row["targets"])) > cut)
         assert row["next_sentence"][0] == 1 + label and not row["next_sentence"][1:].any()
         assert label == (nsp.NOT_NEXT if other is not None else nsp.IS_NEXT)
     with pytest.raises(ValueError, match="concatenate_documents=False"):
-        objectives.MaskedLM(next_sentence=True, concatenate_documents=True)
+        masked_lm.MaskedLM(next_sentence=True, concatenate_documents=True)
 
 
 def test_other_documents_are_never_the_chunks_own():
@@ -95,7 +95,7 @@ LENGTHS = {"inputs": 64}
 def _pairs_dataset(data_dir, vocabulary, seed=0):
     return pipeline.make_dataset(
         pipeline.DatasetConfig(data_dir=data_dir), vocabulary, feature_lengths=LENGTHS,
-        batch_size=4, objective=objectives.MaskedLM(next_sentence=True), model_format=FMT,
+        batch_size=4, objective=masked_lm.MaskedLM(next_sentence=True), model_format=FMT,
         seed=seed, shard_index=0, shard_count=1)[0]
 
 
@@ -170,6 +170,6 @@ def test_objective_and_head_must_agree(tmp_path, data_dir, vocabulary):
     with pytest.raises(InputError, match="next_sentence_head=False"):
         train_loop.train(model_dir=str(tmp_path), model=encoder.EncoderLM(config),
                          vocabulary=vocabulary, train_data=data, eval_data=data,
-                         objective=objectives.MaskedLM(next_sentence=True), train_steps=1,
+                         objective=masked_lm.MaskedLM(next_sentence=True), train_steps=1,
                          batch_size=8, feature_lengths=LENGTHS, optimizer=None,
                          learning_rate=None)

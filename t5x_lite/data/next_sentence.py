@@ -13,7 +13,7 @@ B together, never over a separator.
 
 Off by default: RoBERTa (Liu et al. 2019, section 4.2, Table 2) found that removing NSP
 matches or slightly improves downstream results. Switch it on with
-`objectives.MaskedLM.next_sentence = True` and `encoder.EncoderConfig.next_sentence_head =
+`masked_lm.MaskedLM.next_sentence = True` and `encoder.EncoderConfig.next_sentence_head =
 True`.
 
 The pipeline step (`pair_stream`) is stateless beyond grain's own iterator state: whether a
@@ -71,7 +71,7 @@ def sentence_pair(tokens: np.ndarray, seed: int, other: np.ndarray | None = None
 def pair_row(first: np.ndarray, second: np.ndarray, label: int, corrupt: Callable,
              eos_id: int) -> dict[str, np.ndarray]:
     """A EOS B EOS as a masked-LM example with the pair features. `corrupt(tokens)` is the
-    masked-LM corruption of A+B (`objectives.masked_lm`, which appends the last EOS); the
+    masked-LM corruption of A+B (`masked_lm.masked_lm`, which appends the last EOS); the
     separating EOS is inserted after it, so it is never selected."""
     example = corrupt(np.concatenate([first, second]))
     cut = len(first)
@@ -137,6 +137,6 @@ def pair_stream(indexed: grain.IterDataset, documents: grain.MapDataset,
                 chunker: grain.experimental.FlatMapTransform, stats, *,
                 seed: int) -> grain.IterDataset:
     """Indexed documents (`tag_with_index`'s, in training order) → {'tokens', 'other'}
-    elements for `objectives.MaskedLM(next_sentence=True)`."""
+    elements for `masked_lm.MaskedLM(next_sentence=True)`."""
     chunks = grain.experimental.FlatMapIterDataset(indexed, IndexedChunks(chunker, stats))
     return chunks.random_map(WithOtherDocument(documents), seed=seed)
