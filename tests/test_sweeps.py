@@ -151,8 +151,9 @@ def test_report_from_trial_directories(tmp_path):
     assert float(rows[0]["train:eval/perplexity"]) == 30.0
     table = pathlib.Path(written["markdown"]).read_text()
     assert "| 0.003 | 2 | 1,234,567 | 0.5 |" in table
-    assert "**21 ± 1**" in table and "**62 ± 2**" in table  # lower perplexity, higher mean
-    assert "31 ± 1" in table and "**31" not in table
+    # Sample std over the two seeds: |a - b| / sqrt(2).
+    assert "**21 ± 1.414**" in table and "**62 ± 2.828**" in table  # lower perplexity, higher mean
+    assert "31 ± 1.414" in table and "**31" not in table
     assert set(written) == {"csv", "markdown", "curves", "metric"}
 
 

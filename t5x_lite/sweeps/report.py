@@ -77,7 +77,7 @@ def lower_is_better(column: str) -> bool:
 
 
 def grouped(sweep: spec.Sweep, rows: Sequence[dict]) -> list[dict[str, Any]]:
-    """Rows of trials that differ only in the seed, as mean and std per figure."""
+    """Rows of trials that differ only in the seed, as mean and sample std (n - 1) per figure."""
     figures = [*BUILT_IN, *sweep.metrics]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -91,7 +91,7 @@ def grouped(sweep: spec.Sweep, rows: Sequence[dict]) -> list[dict[str, Any]]:
             values = [m[name] for m in members if m["status"] == "done"
                       and not math.isnan(m[name])]
             entry[name] = (float(np.mean(values)) if values else math.nan,
-                           float(np.std(values)) if len(values) > 1 else math.nan)
+                           float(np.std(values, ddof=1)) if len(values) > 1 else math.nan)
         result.append(entry)
     return result
 
@@ -121,7 +121,7 @@ def markdown(sweep: spec.Sweep, groups: Sequence[dict], failed: Sequence[dict]) 
             text = _number(mean) + (f" ± {_number(std)}" if spread else "")
             cells.append(f"**{text}**" if name in best and mean == best[name] else text)
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± std over seeds (std when more than one finished); bold: the best "
+    lines += ["", "Mean ± sample std over seeds (when more than one finished); bold: the best "
               "mean of its column (lowest loss, highest otherwise)."]
     if failed:
         lines += ["", "Failed trials:", ""]
