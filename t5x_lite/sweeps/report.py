@@ -149,6 +149,35 @@ def write(sweep: spec.Sweep, output_dir: str) -> dict[str, str]:
     return written
 
 
+def _curves(plt, sweep: spec.Sweep, output_dir: str, stage: str):
+    """Every trial's validation loss: a colour per binding, a line style per seed."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours, styles = {}, ("-", "--", ":", "-.")
+    for trial in spec.trials(sweep):
+        stage_dir = paths.as_path(runner.trial_dir(output_dir, trial)) / stage
+        if not (stage_dir / "metrics.jsonl").exists():
+            continue
+        points = [(r["step"], r["eval/loss"]) for r in
+                  metrics_lib.read_metrics(str(stage_dir)) if "eval/loss" in r]
+        if not points:
+            continue
+        key = tuple(repr(trial.values.get(k)) for k in _axis_keys(sweep))
+        label = None
+        if key not in colours:
+            colours[key] = f"C{len(colours) % 10}"
+            label = ", ".join(dict.fromkeys(spec.short(trial.values[k])
+                                            for k in trial.values)) or sweep.name
+        style = styles[sweep.seeds.index(trial.seed) % len(styles)]
+        ax.plot(*zip(*points), marker=".", color=colours[key], linestyle=style, label=label)
+    seeds = ", ".join(f"{s} {styles[i % len(styles)]}" for i, s in enumerate(sweep.seeds))
+    ax.set(xlabel="step", ylabel="validation loss",
+           title=f"{sweep.name} ({stage}); seeds: {seeds}")
+    if ax.lines:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
 def _plots(sweep: spec.Sweep, output_dir: str, groups: Sequence[dict]) -> dict[str, str]:
     import matplotlib
 
@@ -159,18 +188,8 @@ def _plots(sweep: spec.Sweep, output_dir: str, groups: Sequence[dict]) -> dict[s
     directory = paths.as_path(output_dir) / sweep.name
     train = _first_training_stage(sweep)
     if train is not None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for trial in spec.trials(sweep):
-            stage_dir = paths.as_path(runner.trial_dir(output_dir, trial)) / train.name
-            if not (stage_dir / "metrics.jsonl").exists():
-                continue
-            points = [(r["step"], r["eval/loss"]) for r in
-                      metrics_lib.read_metrics(str(stage_dir)) if "eval/loss" in r]
-            if points:
-                ax.plot(*zip(*points), marker=".", label=trial.name.rsplit("-", 1)[0])
-        ax.set(xlabel="step", ylabel="validation loss", title=sweep.name)
-        if ax.lines:
-            ax.legend(fontsize=6)
+        fig = _curves(plt, sweep, output_dir, train.name)
+        if fig.axes[0].lines:
             written["curves"] = metrics_lib.save_figure(fig, directory / "validation_loss.png")
         plt.close(fig)
     downstream = [m for m in sweep.metrics if not lower_is_better(m)]
