@@ -28,8 +28,11 @@ $(VENV)/.installed-test: setup.py | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python experiments/demo.py
 
+# Two pytest workers (pytest-xdist), a test file each at a time so that a file's module
+# fixtures (a trained model, a two-process job) are built once; TEST_WORKERS=1 runs serially.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
 
 # FLAN's held-out-cluster experiment on CPU (experiments/flan/README.md): about 45 minutes.
 flan: $(VENV)/.installed
