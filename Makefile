@@ -29,7 +29,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python experiments/demo.py
 
 # Two pytest workers (pytest-xdist), a test file each at a time so that a file's module
-# fixtures (a trained model, a two-process job) are built once; TEST_WORKERS=1 runs serially.
+# fixtures (a trained model, a two-process job) are built once; TEST_WORKERS=0 runs them in
+# this one process.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
