@@ -1,7 +1,7 @@
 """What each `t5x-lite` command adds to the user's gin files, and which commands train.
 
-An inference, evaluation or inspection command reads the MODEL, VOCABULARY and MODEL_DIR that
-the run's gin files define; the gin text here binds them to the function the command runs.
+A training command's run file binds everything itself; every other command gets gin text
+here that hands the files' macros (MODEL, VOCABULARY, MODEL_DIR, ...) to the function it runs.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -81,8 +81,7 @@ def grouped(sweep: spec.Sweep, rows: Sequence[dict]) -> list[dict[str, Any]]:
     figures = [*BUILT_IN, *sweep.metrics]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        key = tuple(repr(row[k]) for k in _axis_keys(sweep))
-        groups.setdefault(key, []).append(row)
+        groups.setdefault(_binding(sweep, row), []).append(row)
     result = []
     for members in groups.values():
         entry = {k: members[0][k] for k in _axis_keys(sweep)}
@@ -98,6 +97,17 @@ def grouped(sweep: spec.Sweep, rows: Sequence[dict]) -> list[dict[str, Any]]:
 
 def _axis_keys(sweep: spec.Sweep) -> list[str]:
     return [key for keys in sweep.axes.values() for key in keys]
+
+
+def _binding(sweep: spec.Sweep, values: Mapping[str, Any]) -> tuple[str, ...]:
+    """What trials differing only in the seed share: their axis values (exactly)."""
+    return tuple(repr(values[k]) for k in _axis_keys(sweep))
+
+
+def _label(sweep: spec.Sweep, values: Mapping[str, Any]) -> str:
+    """A binding's short name for plots: each distinct value once."""
+    return ", ".join(dict.fromkeys(spec.short(values[k]) for k in _axis_keys(sweep))) \
+        or sweep.name
 
 
 def markdown(sweep: spec.Sweep, groups: Sequence[dict], failed: Sequence[dict]) -> str:
@@ -161,12 +171,11 @@ def _curves(plt, sweep: spec.Sweep, output_dir: str, stage: str):
                   metrics_lib.read_metrics(str(stage_dir)) if "eval/loss" in r]
         if not points:
             continue
-        key = tuple(repr(trial.values.get(k)) for k in _axis_keys(sweep))
+        key = _binding(sweep, trial.values)
         label = None
         if key not in colours:
             colours[key] = f"C{len(colours) % 10}"
-            label = ", ".join(dict.fromkeys(spec.short(trial.values[k])
-                                            for k in trial.values)) or sweep.name
+            label = _label(sweep, trial.values)
         style = styles[sweep.seeds.index(trial.seed) % len(styles)]
         ax.plot(*zip(*points), marker=".", color=colours[key], linestyle=style, label=label)
     seeds = ", ".join(f"{s} {styles[i % len(styles)]}" for i, s in enumerate(sweep.seeds))
@@ -195,8 +204,7 @@ def _plots(sweep: spec.Sweep, output_dir: str, groups: Sequence[dict]) -> dict[s
     downstream = [m for m in sweep.metrics if not lower_is_better(m)]
     if downstream:
         name = downstream[0]
-        labels = [", ".join(dict.fromkeys(spec.short(g[k]) for k in _axis_keys(sweep)))
-                  or sweep.name for g in groups]
+        labels = [_label(sweep, g) for g in groups]
         means = [g[name][0] for g in groups]
         stds = [0.0 if math.isnan(g[name][1]) else g[name][1] for g in groups]
         fig, ax = plt.subplots(figsize=(max(4, len(groups) * 1.2), 4))
